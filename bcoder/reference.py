@@ -1,0 +1,154 @@
+"""Plain-PyTorch oracle of B-Coder's math (SPEC sections 2-6 and 9).
+
+Everything here is written for clarity, works in any float dtype (use float64 for the oracle)
+and is differentiable by autograd. Every fast path in bcoder is tested against it.
+
+Shapes: B programs, T positions, V vocabulary. Position t of program b holds the decoder's
+output for state s_t = (D, a_<t); `actions[b, t]` is a_t; `mask[b, t]` marks real tokens, a
+prefix of ones per program whose last True position is the terminal step T.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+# SPEC section 1: terminal rewards by execution outcome.
+REWARDS = {"passed": 1.0, "failed": -0.3, "runtime_error": -0.6, "compile_error": -1.0}
+
+
+def softabs(x):
+    """softabs(x) = (softplus(x) + softplus(-x)) / 2 - ln 2: smooth |x|, softabs(0) = 0."""
+    return (F.softplus(x) + F.softplus(-x)) / 2 - math.log(2.0)
+
+
+def capped_value(u, r_max=1.0):
+    """V(s) = R_max - softabs(u(s)) <= R_max, from the value head's raw output u."""
+    return r_max - softabs(u)
+
+
+def first_argmax(x):
+    """Index of the first maximum along the last dim (ties -> lowest index)."""
+    return torch.argmax(x, dim=-1)
+
+
+def advantage(logits, actions, alpha=1.0):
+    """A(s, a) = alpha * (l(s, a) - max_b l(s, b)) <= 0, for the taken actions.
+
+    The max is taken as l at its first argmax, so its gradient lands on that one column.
+    """
+    row_max = logits.gather(-1, first_argmax(logits).unsqueeze(-1)).squeeze(-1)
+    taken = logits.gather(-1, actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return alpha * (taken - row_max)
+
+
+def q_values(logits, values, actions, alpha=1.0, r_max=1.0):
+    """Q(s, a) = A(s, a) + V(s) for the taken actions: [B, T]."""
+    return advantage(logits, actions, alpha) + capped_value(values, r_max)
+
+
+def next_targets(logits, ckpt_logits, values, mask, alpha=1.0, r_max=1.0, operator="conservative"):
+    """q_next[b, t] = Q(s_{t+1}, a_hat_{t+1}), detached, 0 at the terminal step (SPEC section 4).
+
+    conservative: a_hat = first argmax of ckpt_logits (of logits when ckpt_logits is None).
+    optimality:   a_hat = argmax_a Q(s, a), whose value is V(s) since A <= 0 peaks at 0 there.
+    """
+    logits, values = logits.detach(), values.detach()
+    if operator == "conservative":
+        target_source = logits if ckpt_logits is None else ckpt_logits.detach()
+        q_hat = advantage(logits, first_argmax(target_source), alpha) + capped_value(values, r_max)
+    elif operator == "optimality":
+        q_hat = capped_value(values, r_max)
+    else:
+        raise ValueError(f"operator must be 'conservative' or 'optimality', got {operator!r}")
+    return torch.where(shift_left(mask), shift_left(q_hat), 0.0)
+
+
+def shift_left(x):
+    """y[:, t] = x[:, t + 1], and 0 (False) at the last position: the next state's entry."""
+    return torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)
+
+
+def terminal_rewards(rewards, mask):
+    """r_t: the program's reward on its last real token, 0 elsewhere: [B, T]."""
+    terminal = mask & ~shift_left(mask)
+    return torch.where(terminal, rewards.unsqueeze(1), 0.0)
+
+
+def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
+                 gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0,
+                 operator="conservative"):
+    """L = L_Q + beta_adv * L_adv + beta_ce * L_ce (SPEC section 5); returns (loss, td, adv, ce).
+
+    L_Q   = mean over real tokens of delta^2, delta = r_t + gamma * q_next_t - Q(s_t, a_t);
+    L_adv = mean over ground-truth programs of sum_t |A(s_t, a_t)|;
+    L_ce  = mean over ground-truth tokens of -log softmax(logits)[a_t].
+    The phi-stage loss L_V is L_Q with frozen logits (ckpt_logits=None, only values train).
+    """
+    mask = mask.bool()
+    q = q_values(logits, values, actions, alpha, r_max)
+    q_next = next_targets(logits, ckpt_logits, values, mask, alpha, r_max, operator)
+    delta = terminal_rewards(rewards.to(q.dtype), mask) + gamma * q_next - q
+    td_loss = torch.where(mask, delta.square(), 0.0).sum() / mask.sum()
+
+    gt_tokens = mask & is_ground_truth.bool().unsqueeze(1)
+    adv = advantage(logits, actions, alpha)
+    adv_loss = torch.where(gt_tokens, adv.abs(), 0.0).sum() / is_ground_truth.sum().clamp(min=1)
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    ce_loss = torch.where(gt_tokens, nll, 0.0).sum() / gt_tokens.sum().clamp(min=1)
+    loss = td_loss + beta_adv * adv_loss + beta_ce * ce_loss
+    return loss, td_loss, adv_loss, ce_loss
+
+
+def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0):
+    """The free reward model r~(s_t, a_t) = Q(s_t, a_t) - gamma * V(s_{t+1}), V(s_{T+1}) = 0.
+
+    Returns [B, T], 0 on padding. R~(W) = sum over t (SPEC section 6).
+    """
+    mask = mask.bool()
+    q = q_values(logits, values, actions, alpha, r_max)
+    v_next = torch.where(shift_left(mask), shift_left(capped_value(values, r_max)), 0.0)
+    return torch.where(mask, q - gamma * v_next, 0.0)
+
+
+def program_returns(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0):
+    """R~(W) = sum_t r~(s_t, a_t), one score per program for ranking: [B]."""
+    return token_rewards(logits, values, actions, mask, gamma, alpha, r_max).sum(dim=1)
+
+
+def bellman_stats(logits, ckpt_logits, actions):
+    """The per-row statistics of the fused-op contract (SPEC section 9), for [N, V] logits.
+
+    Returns (max, argmax, lse, gathered, target); rows with actions < 0 are padding and give 0.
+    Statistics are float64 for float64 logits, float32 otherwise.
+    """
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(acc)
+    valid = actions >= 0
+    safe_actions = actions.clamp(min=0)
+    argmax = first_argmax(x)
+    row_max = x.gather(-1, argmax.unsqueeze(-1)).squeeze(-1)
+    row_max = torch.where(x.isnan().any(dim=-1), float("nan"), row_max)
+    lse = torch.logsumexp(x, dim=-1)
+    gathered = x.gather(-1, safe_actions.unsqueeze(-1)).squeeze(-1)
+    target_index = argmax if ckpt_logits is None else first_argmax(ckpt_logits.to(acc))
+    target = x.gather(-1, target_index.unsqueeze(-1)).squeeze(-1)
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    return (torch.where(valid, row_max, zero), torch.where(valid, argmax, 0),
+            torch.where(valid, lse, zero), torch.where(valid, gathered, zero),
+            torch.where(valid, target, zero))
+
+
+def bellman_stats_backward(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered):
+    """Gradient of the statistics w.r.t. [N, V] logits, given the gradients of (max, lse, gathered).
+
+    grad[i] = grad_lse[i] * softmax(logits[i]) + grad_gathered[i] * e_{a_i} + grad_max[i] * e_{j_i};
+    padding rows (actions < 0) are 0.
+    """
+    acc = lse.dtype
+    x = logits.to(acc)
+    grad = grad_lse.unsqueeze(-1) * torch.exp(x - lse.unsqueeze(-1))
+    grad = torch.where(grad_lse.unsqueeze(-1) != 0, grad, 0.0)
+    grad = grad.scatter_add(-1, actions.clamp(min=0).unsqueeze(-1), grad_gathered.unsqueeze(-1))
+    grad = grad.scatter_add(-1, argmax.unsqueeze(-1), grad_max.unsqueeze(-1))
+    grad = torch.where((actions >= 0).unsqueeze(-1), grad, 0.0)
+    return grad.to(logits.dtype)
