@@ -409,8 +409,9 @@ int threads_for_row(int64_t vocab, int vector_size) {
   return static_cast<int>(warps > 0 ? warps : 1) * kWarpSize;
 }
 
+// One block per row (gridDim.x < 2^31) and int column indices.
 bool launchable(int64_t num_rows, int64_t vocab) {
-  return num_rows >= 0 && num_rows <= INT_MAX && vocab > 0 && vocab <= INT_MAX;
+  return num_rows > 0 && num_rows <= INT_MAX && vocab > 0 && vocab <= INT_MAX;
 }
 
 template <typename T>
@@ -446,8 +447,8 @@ cudaError_t bellman_stats_forward(LogitsDtype dtype, int64_t num_rows, int64_t v
                                   int64_t logits_row_stride, const void* ckpt_logits, int64_t ckpt_row_stride,
                                   const int64_t* actions, void* max, int64_t* argmax, void* lse, void* gathered,
                                   void* target, cudaStream_t stream) {
-  if (!launchable(num_rows, vocab)) return cudaErrorInvalidValue;
   if (num_rows == 0) return cudaSuccess;
+  if (!launchable(num_rows, vocab)) return cudaErrorInvalidValue;
   switch (dtype) {
     case LogitsDtype::kFloat16:
       return launch_forward<__half>(num_rows, vocab, logits, logits_row_stride, ckpt_logits, ckpt_row_stride,
@@ -470,8 +471,8 @@ cudaError_t bellman_stats_backward(LogitsDtype dtype, int64_t num_rows, int64_t 
                                    const void* lse, const void* grad_max, const void* grad_lse,
                                    const void* grad_gathered, void* grad, int64_t grad_row_stride,
                                    cudaStream_t stream) {
-  if (!launchable(num_rows, vocab)) return cudaErrorInvalidValue;
   if (num_rows == 0) return cudaSuccess;
+  if (!launchable(num_rows, vocab)) return cudaErrorInvalidValue;
   switch (dtype) {
     case LogitsDtype::kFloat16:
       return launch_backward<__half>(num_rows, vocab, logits, logits_row_stride, actions, argmax, lse, grad_max,

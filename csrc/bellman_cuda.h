@@ -25,8 +25,8 @@ enum class LogitsDtype : int { kFloat16, kBFloat16, kFloat32, kFloat64 };
 //   gathered[i] = x[actions[i]]                (NaN if actions[i] >= V: never read out of row)
 //   target[i]   = x[first argmax of ckpt_logits[i]], or max[i] when ckpt_logits is null.
 // Rows with actions[i] < 0 are padding: nothing is read and all five outputs are 0.
-// ckpt_logits may be null (its row stride is then ignored). Returns the launch status;
-// V must be < 2^31 (cudaErrorInvalidValue otherwise). N == 0 launches nothing.
+// ckpt_logits may be null (its row stride is then ignored). Returns the launch status:
+// N == 0 launches nothing; N or V outside [1, 2^31) give cudaErrorInvalidValue.
 cudaError_t bellman_stats_forward(
     LogitsDtype dtype, int64_t num_rows, int64_t vocab,
     const void* logits, int64_t logits_row_stride,
