@@ -1,34 +1,41 @@
 """Builds bcoder and its native extension bcoder._C.
 
-The CPU kernels are compiled for the build machine's vector width: AVX2+FMA when
-/proc/cpuinfo reports them (set BCODER_NO_AVX2=1 to build a portable baseline).
+The CPU kernels are compiled for the build machine's vector width: AVX-512 or AVX2+FMA when
+/proc/cpuinfo reports them (set BCODER_CPU_CAPABILITY=DEFAULT for a portable build).
 Build with `pip install --no-build-isolation -e .` so pip uses the installed torch.
 """
-import glob
 import os
 
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 
+CPU_CAPABILITIES = {  # name: (cpuinfo flags required, compiler flags), best first
+    "AVX512": ({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"},
+               ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]),
+    "AVX2": ({"avx2", "fma", "f16c"}, ["-mavx2", "-mfma", "-mf16c"]),
+}
+
+
 def cpu_vector_flags():
-    if os.environ.get("BCODER_NO_AVX2") == "1":
-        return []
+    """Compiler flags selecting ATen's at::vec implementation for this machine."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
+            available = set(f.read().split())
     except OSError:
-        return []
-    if {"avx2", "fma", "f16c"} <= flags:
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        available = set()
+    wanted = os.environ.get("BCODER_CPU_CAPABILITY")
+    for name, (required, flags) in CPU_CAPABILITIES.items():
+        if (wanted == name) or (wanted is None and required <= available):
+            return flags + [f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"]
     return []
 
 
-cpu_sources = sorted(set(glob.glob("csrc/*.cpp")) - set(glob.glob("csrc/test_*.cpp")))
+cpu_sources = ["csrc/ops.cpp", "csrc/bellman_cpu.cpp"]
 extension = CppExtension(
     "bcoder._C",
     cpu_sources,
-    extra_compile_args=["-O3", "-fopenmp", "-std=c++17"] + cpu_vector_flags(),
+    extra_compile_args=["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_vector_flags(),
     extra_link_args=["-fopenmp"],
 )
 

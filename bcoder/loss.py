@@ -1,0 +1,170 @@
+"""The drop-in B-Coder losses: `bellman_loss`, `token_rewards` and the `BellmanLoss` module.
+
+With B programs of T positions over a vocabulary of V (SPEC sections 2-6):
+
+    A(s, a) = alpha * (l(s, a) - max_b l(s, b))          advantage, <= 0
+    V(s)    = r_max - softabs(u(s))                       capped value from the raw head output u
+    Q(s, a) = A(s, a) + V(s)
+    delta_t = r_t + gamma * SG(Q(s_{t+1}, â_{t+1})) - Q(s_t, a_t),   0 target after the last token
+    loss    = mean_tokens delta^2 + beta_adv * mean_gt_programs sum_t |A| + beta_ce * mean_gt_tokens CE
+
+â is the first argmax of the frozen checkpoint's logits (conservative operator) or of Q itself
+(optimality operator, whose target is then V(s_{t+1})). The vocabulary-sized work is one fused op
+(`bcoder.ops`); the rest is O(B*T) and is written here once for every backend.
+"""
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from bcoder import ops, reference
+from bcoder.reference import capped_value, shift_left, terminal_rewards
+
+OPERATORS = ("conservative", "optimality")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class BellmanLossOutput(NamedTuple):
+    loss: torch.Tensor  # differentiable w.r.t. logits and values
+    td_loss: torch.Tensor  # the parts, detached
+    adv_loss: torch.Tensor
+    ce_loss: torch.Tensor
+
+
+def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
+                 gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0,
+                 operator="conservative", backend="auto", inplace_backward=False):
+    """B-Coder's fine-tuning loss L_Q + beta_adv L_adv + beta_ce L_ce (the phi-stage L_V with
+    frozen logits and ckpt_logits=None).
+
+    logits [B, T, V]: position t predicts actions[:, t]. ckpt_logits [B, T, V] or None (take the
+    target argmax from logits). values [B, T]: raw value-head output u. actions [B, T] int64.
+    mask [B, T] bool: a prefix of ones per program, its last True token terminal. rewards [B].
+    is_ground_truth [B] bool: programs that get L_adv and L_ce. backend: "auto" | "cpp" | "cuda" |
+    "triton" | "reference". inplace_backward: write the logits' gradient over `logits` (saves a
+    [B, T, V] buffer; `logits` is garbage after backward).
+    """
+    _check_inputs(logits, values, actions, mask, ckpt_logits,
+                  per_program={"rewards": (rewards, FLOAT_DTYPES), "is_ground_truth": (is_ground_truth, (torch.bool,))})
+    if operator not in OPERATORS:
+        raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+    backend = ops.resolve_backend(backend, logits.device)
+    if backend == "reference":
+        parts = reference.bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
+                                       gamma, alpha, beta_adv, beta_ce, r_max, operator)
+        return BellmanLossOutput(parts[0], *(p.detach() for p in parts[1:]))
+
+    batch, steps, vocab = logits.shape
+    if operator == "optimality":
+        ckpt_logits = None  # its target V(s_{t+1}) needs no argmax
+    row_max, _, lse, gathered, target = ops.bellman_stats(
+        logits.reshape(batch * steps, vocab),
+        None if ckpt_logits is None else ckpt_logits.reshape(batch * steps, vocab),
+        torch.where(mask, actions, -1).reshape(-1), inplace_backward, backend)
+    row_max, lse, gathered, target = (s.view(batch, steps) for s in (row_max, lse, gathered, target))
+
+    value = capped_value(values.to(row_max.dtype), r_max)
+    adv = alpha * (gathered - row_max)
+    q = adv + value
+    q_hat = alpha * (target - row_max) + value if operator == "conservative" else value
+    q_next = torch.where(shift_left(mask), shift_left(q_hat), 0.0).detach()
+    delta = terminal_rewards(rewards.to(q.dtype), mask) + gamma * q_next - q
+    td_loss = torch.where(mask, delta.square(), 0.0).sum() / mask.sum()
+
+    gt_tokens = mask & is_ground_truth.unsqueeze(1)
+    adv_loss = torch.where(gt_tokens, adv.abs(), 0.0).sum() / is_ground_truth.sum().clamp(min=1)
+    ce_loss = torch.where(gt_tokens, lse - gathered, 0.0).sum() / gt_tokens.sum().clamp(min=1)
+    loss = td_loss + beta_adv * adv_loss + beta_ce * ce_loss
+    return BellmanLossOutput(loss, td_loss.detach(), adv_loss.detach(), ce_loss.detach())
+
+
+def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0, backend="auto"):
+    """The free reward model r~(s_t, a_t) = Q(s_t, a_t) - gamma * V(s_{t+1}), V after the end = 0.
+
+    Returns [B, T], 0 on padding; a program's score for ranking is R~(W) = r~.sum(1) (SPEC 6).
+    """
+    _check_inputs(logits, values, actions, mask)
+    backend = ops.resolve_backend(backend, logits.device)
+    if backend == "reference":
+        return reference.token_rewards(logits, values, actions, mask, gamma, alpha, r_max)
+    batch, steps, vocab = logits.shape
+    row_max, _, _, gathered, _ = ops.bellman_stats(
+        logits.reshape(batch * steps, vocab), None, torch.where(mask, actions, -1).reshape(-1), False, backend)
+    value = capped_value(values.to(row_max.dtype), r_max)
+    q = alpha * (gathered - row_max).view(batch, steps) + value
+    v_next = torch.where(shift_left(mask), shift_left(value), 0.0)
+    return torch.where(mask, q - gamma * v_next, 0.0)
+
+
+class BellmanLoss(nn.Module):
+    """`bellman_loss` with its hyper-parameters held: loss_fn(logits, ckpt_logits, values, actions,
+    mask, rewards, is_ground_truth) -> BellmanLossOutput."""
+
+    def __init__(self, gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0,
+                 operator="conservative", backend="auto", inplace_backward=False):
+        super().__init__()
+        if operator not in OPERATORS:
+            raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        self.gamma, self.alpha, self.beta_adv, self.beta_ce, self.r_max = gamma, alpha, beta_adv, beta_ce, r_max
+        self.operator, self.backend, self.inplace_backward = operator, backend, inplace_backward
+
+    def forward(self, logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth):
+        return bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
+                            self.gamma, self.alpha, self.beta_adv, self.beta_ce, self.r_max,
+                            self.operator, self.backend, self.inplace_backward)
+
+    def extra_repr(self):
+        return (f"gamma={self.gamma}, alpha={self.alpha}, beta_adv={self.beta_adv}, beta_ce={self.beta_ce}, "
+                f"r_max={self.r_max}, operator={self.operator!r}, backend={self.backend!r}")
+
+
+def _check_inputs(logits, values, actions, mask, ckpt_logits=None, per_program=None):
+    """ValueError naming the argument for any malformed input (SPEC section 5 shapes).
+
+    per_program: {name: (tensor, allowed dtypes)} of the [B] arguments.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError(f"logits must be a [B, T, V] tensor, got {_describe(logits)}")
+    batch, steps, vocab = logits.shape
+    if batch == 0 or steps == 0 or vocab == 0:
+        raise ValueError(f"logits is empty: shape {tuple(logits.shape)}; need B, T, V >= 1")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
+    device = logits.device
+    expected = {
+        "values": (values, (batch, steps), FLOAT_DTYPES),
+        "actions": (actions, (batch, steps), (torch.int64,)),
+        "mask": (mask, (batch, steps), (torch.bool,)),
+    }
+    if ckpt_logits is not None:
+        expected["ckpt_logits"] = (ckpt_logits, (batch, steps, vocab), (logits.dtype,))
+    for name, (tensor, dtypes) in (per_program or {}).items():
+        expected[name] = (tensor, (batch,), dtypes)
+    for name, (tensor, shape, dtypes) in expected.items():
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)} (from logits {list(logits.shape)}), "
+                             f"got {_describe(tensor)}")
+        if tensor.dtype not in dtypes:
+            raise ValueError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {tensor.dtype}")
+        if tensor.device != device:
+            raise ValueError(f"{name} is on {tensor.device} but logits is on {device}")
+    if torch.compiler.is_compiling():
+        return  # the data checks below read values: eager only
+    checks = (
+        (mask[:, 0].all(), "mask: every program needs at least one token (mask[:, 0] must be True)"),
+        (~(mask[:, 1:] & ~mask[:, :-1]).any(), "mask must be a prefix of ones per program (a True after a False)"),
+        (~(mask & ((actions < 0) | (actions >= vocab))).any(),
+         f"actions must lie in [0, {vocab}) on every masked-in position"),
+    )
+    for ok, message in checks:
+        if device.type == "cpu":
+            if not ok:
+                raise ValueError(message)
+        else:
+            torch._assert_async(ok, message)  # no host sync on accelerators
+
+
+def _describe(x):
+    return f"a tensor of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else f"{type(x).__name__}"
