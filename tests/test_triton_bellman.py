@@ -127,6 +127,17 @@ def test_negative_infinity():
     check_stats(logits, None, actions)
 
 
+def test_positive_infinity():
+    vocab = max_block(torch.float32) + 7
+    logits = torch.randn(3, vocab, device=DEVICE)
+    logits[0, [vocab - 3, 4000]] = INF  # the first +inf wins, across chunks
+    logits[1, :3] = -INF
+    logits[1, 3] = INF
+    logits[2, vocab - 5 :] = INF  # +inf only in the tail chunk
+    row_max, argmax, lse, _, _ = check_stats(logits, None, random_actions(3, vocab))
+    assert (row_max == INF).all() and (lse == INF).all() and argmax.tolist() == [4000, 3, vocab - 5]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_large_offsets(dtype):
     vocab = 4096 + 7
