@@ -178,7 +178,7 @@ def _bellman_stats_backward_kernel(
 
 def _launch_config(V, dtype):
     """(BLOCK, num_warps): one chunk for small rows, else chunks big enough to amortise the
-    per-chunk reductions, capped so a thread holds ~16-32 elements of each input."""
+    per-chunk reductions, capped so a thread holds 8-16 elements of each input."""
     cap = {torch.float64: 2048, torch.float32: 4096}.get(dtype, 8192)
     block = min(triton.next_power_of_2(V), cap)
     num_warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
@@ -202,10 +202,12 @@ def _check_logits(name, logits):
 
 
 def _check_vector(name, vector, n, dtype, device):
+    """Checks an [N] argument and returns it contiguous: the kernels index it by row."""
     if vector.shape != (n,) or vector.dtype != dtype or vector.device != device:
         raise ValueError(
             f"{name} must be [{n}] {dtype} on {device}, got {tuple(vector.shape)} {vector.dtype} on {vector.device}"
         )
+    return vector.contiguous()
 
 
 def _interpreting():
@@ -232,9 +234,9 @@ def _bellman_stats(
     n, vocab = logits.shape
     if ckpt_logits is not None:
         _check_logits("ckpt_logits", ckpt_logits)
-        if ckpt_logits.shape != logits.shape or ckpt_logits.dtype != logits.dtype or ckpt_logits.device != logits.device:
+        if (ckpt_logits.shape, ckpt_logits.dtype, ckpt_logits.device) != (logits.shape, logits.dtype, logits.device):
             raise ValueError("ckpt_logits must match logits in shape, dtype and device")
-    _check_vector("actions", actions, n, torch.int64, logits.device)
+    actions = _check_vector("actions", actions, n, torch.int64, logits.device)
 
     acc_dtype = _ACC_DTYPE[logits.dtype]
     row_max = logits.new_empty(n, dtype=acc_dtype)
@@ -257,13 +259,16 @@ def _bellman_stats(
 
 
 def _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered):
+    """Checks the backward's arguments and returns its [N] ones contiguous."""
     _check_logits("logits", logits)
     n = logits.shape[0]
     acc_dtype = _ACC_DTYPE[logits.dtype]
-    _check_vector("actions", actions, n, torch.int64, logits.device)
-    _check_vector("argmax", argmax, n, torch.int64, logits.device)
-    for name, vector in (("lse", lse), ("grad_max", grad_max), ("grad_lse", grad_lse), ("grad_gathered", grad_gathered)):
-        _check_vector(name, vector, n, acc_dtype, logits.device)
+    stats = {"lse": lse, "grad_max": grad_max, "grad_lse": grad_lse, "grad_gathered": grad_gathered}
+    return (
+        _check_vector("actions", actions, n, torch.int64, logits.device),
+        _check_vector("argmax", argmax, n, torch.int64, logits.device),
+        *(_check_vector(name, vector, n, acc_dtype, logits.device) for name, vector in stats.items()),
+    )
 
 
 def _launch_backward(logits, grad, actions, argmax, lse, grad_max, grad_lse, grad_gathered):
@@ -290,9 +295,9 @@ def _bellman_stats_backward(
     grad_gathered: torch.Tensor,
 ) -> torch.Tensor:
     """Gradient [N, V] (logits' dtype, contiguous) of the statistics; see the module docstring."""
-    _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
+    vectors = _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    _launch_backward(logits, grad, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
+    _launch_backward(logits, grad, *vectors)
     return grad
 
 
@@ -307,8 +312,8 @@ def _bellman_stats_backward_(
     grad_gathered: torch.Tensor,
 ) -> None:
     """The backward written into `logits` itself: saves the [N, V] gradient allocation."""
-    _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
-    _launch_backward(logits, logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
+    vectors = _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
+    _launch_backward(logits, logits, *vectors)
 
 
 stats = torch.ops.bcoder.triton_bellman_stats.default

@@ -55,6 +55,11 @@ def assert_error_within_reference(actual, same_dtype_reference, oracle, dtype):
     assert excess.numel() == 0 or excess.max() <= 0, f"error exceeds the reference's by {excess.max().item()}"
 
 
+def float64_backward(logits, actions, argmax, lse, *grads):
+    """The oracle gradient: the reference backward on float64 copies of every float input."""
+    return reference.bellman_stats_backward(logits.double(), actions, argmax, lse.double(), *[g.double() for g in grads])
+
+
 def check_stats(logits, ckpt_logits, actions):
     """Kernel statistics vs the float64 oracle: exact where no rounding is involved (max,
     argmax, gathered, target), and lse no worse than the same-dtype reference."""
@@ -152,7 +157,8 @@ def test_nan_makes_max_and_lse_nan():
     logits[1, vocab - 1] = float("nan")
     logits[2, 100:] = -INF
     logits[2, 3] = float("nan")
-    row_max, argmax, lse, gathered, target = bellman.stats(logits, torch.randn(4, vocab, device=DEVICE), random_actions(4, vocab))
+    ckpt = torch.randn(4, vocab, device=DEVICE)
+    row_max, argmax, lse, gathered, target = bellman.stats(logits, ckpt, random_actions(4, vocab))
     assert torch.isnan(row_max[:3]).all() and torch.isnan(lse[:3]).all()
     assert torch.isfinite(row_max[3]) and torch.isfinite(lse[3])
     row_max, _, lse, _, target = bellman.stats(logits, None, random_actions(4, vocab))
@@ -173,7 +179,12 @@ def test_row_strides():
     vocab = 4096 + 7
     logits = torch.randn(5, vocab + 13, device=DEVICE)[:, :vocab]
     ckpt = torch.randn(5, vocab + 64, device=DEVICE)[:, 3 : vocab + 3]
-    check_stats(logits, ckpt, random_actions(5, vocab, padding_rows=[2]))
+    actions = torch.stack([random_actions(5, vocab, padding_rows=[2])] * 2, dim=1)[:, 0]  # [N] with stride 2
+    row_max, argmax, lse, gathered, target = check_stats(logits, ckpt, actions)
+    grads = [torch.randn(5, 2, device=DEVICE)[:, 1] for _ in range(3)]
+    expected = reference.bellman_stats_backward(logits, actions, argmax, lse, *grads)
+    grad = bellman.stats_backward(logits, actions, argmax, lse, *grads)
+    assert_error_within_reference(grad, expected, expected, torch.float32)
 
 
 def make_backward_inputs(dtype, vocab, n=6):
@@ -197,8 +208,7 @@ def test_backward_matches_reference(dtype, vocab):
     args = make_backward_inputs(dtype, vocab)
     grad = bellman.stats_backward(*args)
     assert grad.dtype == dtype and grad.shape == args[0].shape and grad.is_contiguous()
-    logits, actions, argmax, lse, *grads = args
-    oracle = reference.bellman_stats_backward(logits.double(), actions, argmax, lse.double(), *[g.double() for g in grads])
+    oracle = float64_backward(*args)
     same_dtype = reference.bellman_stats_backward(*args)
     assert_error_within_reference(grad, same_dtype, oracle, dtype)
     # Sparse and padding rows involve no rounding beyond the single cast. The interpreter casts
@@ -284,7 +294,7 @@ def test_gpu_parity_at_vocabulary_scale(dtype):
     grads = [torch.randn(64, device=DEVICE, dtype=acc) for _ in range(3)]
     grads[1][32:] = 0
     args = (logits, actions, argmax, lse, *grads)
-    oracle = reference.bellman_stats_backward(logits.double(), actions, argmax, lse.double(), *[g.double() for g in grads])
+    oracle = float64_backward(*args)
     assert_error_within_reference(bellman.stats_backward(*args), reference.bellman_stats_backward(*args), oracle, dtype)
 
 
