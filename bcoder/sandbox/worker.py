@@ -253,7 +253,7 @@ def child_main(run):
 libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 16384, 1 << 18
+MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
@@ -269,8 +269,44 @@ def isolate():
     check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     for path in PRIVATE_DIRS:
         if os.path.isdir(path):
-            check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                             b"size=256m,mode=1777"), f"mount tmpfs {path}")
+            mount_tmpfs(path, b"size=256m,mode=1777")
+    expose_interpreter()
+
+
+def mount_tmpfs(path, options):
+    check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options), f"mount tmpfs {path}")
+
+
+def closed_ancestor(path):
+    """The first directory on the way to `path` that other users may not enter, or None."""
+    current = "/"
+    for part in path.strip("/").split("/"):
+        current = os.path.join(current, part)
+        if os.path.isdir(current) and not os.stat(current).st_mode & 0o001:
+            return current
+    return None
+
+
+def expose_interpreter():
+    """Lets the programs' uid read this interpreter's files when they sit under a directory
+    it may not enter (say /root/.pyenv): a tmpfs hides that directory, and the interpreter's
+    directories are bind-mounted back into it."""
+    needed = sorted({os.path.realpath(p) for p in [sys.base_prefix, sys.prefix, *sys.path] if os.path.isdir(p)})
+    needed = [p for i, p in enumerate(needed) if not any(p.startswith(q + "/") for q in needed[:i])]
+    hidden = {}
+    for path in needed:
+        if (ancestor := closed_ancestor(path)) is not None:
+            hidden.setdefault(ancestor, []).append(path)
+    for ancestor, paths in hidden.items():
+        staged = []
+        for path in paths:
+            staged.append(tempfile.mkdtemp(prefix="bcoder-expose-"))
+            check(libc.mount(path.encode(), staged[-1].encode(), None, MS_BIND | MS_REC, None), f"bind {path}")
+        mount_tmpfs(ancestor, b"mode=0755")
+        for path, stage in zip(paths, staged):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            check(libc.mount(stage.encode(), path.encode(), None, MS_MOVE, None), f"move mount to {path}")
+            os.rmdir(stage)
 
 
 class Worker:
@@ -456,16 +492,14 @@ class Worker:
         """Kills and reaps every process the program started, daemons included.
 
         This worker is a child subreaper, so each orphan is re-parented to it: once no
-        child is left, no descendant is left. Root kills by the slot's uid (one kill(-1)
-        reaches processes in any session); otherwise each child is killed in turn.
+        child is left, no descendant is left. While some are, root kills by the slot's uid
+        (one kill(-1) reaches them in any session); otherwise each child is killed in turn.
         """
         if pid is not None:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.uid is not None:
-            self.kill_uid()
         while True:
             try:
                 child, _ = os.waitpid(-1, os.WNOHANG)
