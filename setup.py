@@ -2,12 +2,15 @@
 
 The CPU kernels are compiled for the build machine's vector width: AVX-512 or AVX2+FMA when
 /proc/cpuinfo reports them (set BCODER_CPU_CAPABILITY=DEFAULT for a portable build).
+The CUDA kernels (csrc/bellman_cuda.cu) are added when the installed torch has CUDA and a CUDA
+toolkit is found (CUDA_HOME); their architectures follow TORCH_CUDA_ARCH_LIST.
 Build with `pip install --no-build-isolation -e .` so pip uses the installed torch.
 """
 import os
 
+import torch
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 
 CPU_CAPABILITIES = {  # name: (cpuinfo flags required, compiler flags), best first
@@ -32,12 +35,16 @@ def cpu_vector_flags():
 
 
 cpu_sources = ["csrc/ops.cpp", "csrc/bellman_cpu.cpp"]
-extension = CppExtension(
-    "bcoder._C",
-    cpu_sources,
-    extra_compile_args=["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_vector_flags(),
-    extra_link_args=["-fopenmp"],
-)
+cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_vector_flags()
+if torch.version.cuda is not None and CUDA_HOME is not None:
+    extension = CUDAExtension(
+        "bcoder._C",
+        cpu_sources + ["csrc/bellman_cuda.cu", "csrc/bellman_cuda_binding.cpp"],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        extra_link_args=["-fopenmp"],
+    )
+else:
+    extension = CppExtension("bcoder._C", cpu_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
 
 setup(
     name="bcoder",
