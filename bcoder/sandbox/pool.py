@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 import selectors
+import shutil
 import struct
 import subprocess
 import sys
@@ -37,11 +38,12 @@ class _WorkerProcess:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.fd = self.process.stdout.fileno()
         self.job = None           # index of the program in flight
+        self.isolated, self.tmp = False, None
         self.deadline = 0.0
 
     def hello(self):
         hello = self.receive()
-        self.isolated = hello["isolated"]
+        self.isolated, self.tmp = hello["isolated"], hello["tmp"]
 
     def send(self, message):
         data = json.dumps(message).encode()
@@ -73,6 +75,8 @@ class _WorkerProcess:
             self.process.kill()
             self.process.wait()
         self.process.stdout.close()
+        if self.tmp and self.process.returncode != 0 and not self.isolated:
+            shutil.rmtree(self.tmp, ignore_errors=True)    # a killed worker could not remove it
 
 
 class Sandbox:

@@ -213,15 +213,14 @@ def write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
-def child_main(run):
+def child_main(run, nonce):
     def send(*message):
-        write_all(RESULT_FD, (json.dumps(message) + "\n").encode())
+        write_all(RESULT_FD, (json.dumps([nonce, *message]) + "\n").encode())
 
     is_stdio = run["stdin"] is not None
     module = types.ModuleType("__main__" if is_stdio else "__program__")
-    sys.modules[module.__name__] = module
+    sys.modules[module.__name__] = sys.modules["__main__"] = module
     namespace = module.__dict__
-    namespace["__plain__"] = plain
     if run["apps"]:
         exec(APPS_PREAMBLE + ("import numpy as np\n" if "np." in run["source"] else ""),
              namespace)
@@ -229,10 +228,14 @@ def child_main(run):
         code = compile_program(run["source"], run["apps"])
     except BaseException as error:
         return send("compile_error", *describe(error))
+    # Test code runs in a copy of the program's globals, so that the program's functions
+    # cannot rebind names the tests use (such as __plain__) through globals().
+    tests = namespace
     try:
         exec(code, namespace)
+        tests = dict(namespace, __plain__=plain)
         if run["setup"]:
-            exec(compile(run["setup"], "<test>", "exec"), namespace)
+            exec(compile(run["setup"], "<test>", "exec"), tests)
     except SystemExit as error:
         # A judge treats sys.exit() after the output as a normal end of a stdin program.
         if not (is_stdio and error.code in (None, 0)):
@@ -240,7 +243,7 @@ def child_main(run):
     except BaseException as error:
         return send("program_error", *describe(error))
     for index, probe in enumerate(run["probes"]):
-        send("probe", index, run_probe(probe, namespace))
+        send("probe", index, run_probe(probe, tests))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -349,7 +352,7 @@ class Worker:
         write_all(self.replies, struct.pack(">I", len(data)) + data)
 
     def serve(self):
-        self.send_message({"isolated": self.isolated})
+        self.send_message({"isolated": self.isolated, "tmp": self.tmp})
         while (request := self.read_message()) is not None:
             deadline = time.monotonic() + request["timeout"]
             reports = []
@@ -372,6 +375,7 @@ class Worker:
             write_all(stdin, run["stdin"].encode())
             os.lseek(stdin, 0, os.SEEK_SET)
         pipes = [os.pipe() for _ in range(3)]    # stdout, stderr, results
+        nonce = os.urandom(16).hex()             # lines without it were not written by the harness
         started = time.monotonic()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -379,14 +383,14 @@ class Worker:
         if pid == 0:
             try:
                 self.enter_child(workdir, stdin, [w for _, w in pipes], deadline - started)
-                child_main(run)
+                child_main(run, nonce)
             finally:
                 os._exit(0)
         os.close(stdin)
         for _, w in pipes:
             os.close(w)
         try:
-            return self.watch(pid, [r for r, _ in pipes], started, deadline)
+            return self.watch(pid, [r for r, _ in pipes], started, deadline, nonce)
         finally:
             for r, _ in pipes:
                 os.close(r)
@@ -416,7 +420,7 @@ class Worker:
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         random.seed()                     # else every child draws the worker's numbers
 
-    def watch(self, pid, readers, started, deadline):
+    def watch(self, pid, readers, started, deadline, nonce):
         """Collects output until the child exits or the deadline passes, then cleans up."""
         pidfd = os.pidfd_open(pid)
         limits = [self.config["output_limit"]] * 2 + [RESULT_LIMIT]
@@ -441,7 +445,7 @@ class Worker:
         self.kill_leftovers(pid)
         while open_fds:                   # every writer is dead now: read to end of file
             self.read_ready(open_fds, readers, open_fds, kept, seen, limits)
-        return self.report(status, usage, timed_out, seconds, kept, seen)
+        return self.report(status, usage, timed_out, seconds, kept, seen, nonce)
 
     @staticmethod
     def read_ready(ready, readers, open_fds, kept, seen, limits):
@@ -453,7 +457,7 @@ class Worker:
             seen[i] += len(chunk)
             kept[i] += chunk[:max(0, limits[i] - len(kept[i]))]
 
-    def report(self, status, usage, timed_out, seconds, kept, seen):
+    def report(self, status, usage, timed_out, seconds, kept, seen, nonce):
         cpu_seconds = usage.ru_utime + usage.ru_stime
         report = {"status": "ok", "error_type": "", "message": "", "probes": [],
                   "stdout": kept[0].decode(errors="replace"), "stderr": kept[1].decode(errors="replace"),
@@ -463,16 +467,17 @@ class Worker:
         if seen[2] <= RESULT_LIMIT:
             for line in kept[2].decode(errors="replace").splitlines():
                 try:
-                    message = json.loads(line)
-                    kind = message[0]
-                except (ValueError, IndexError, KeyError, TypeError):
-                    continue                      # bytes a program wrote on the result fd
+                    signed, kind, *message = json.loads(line)
+                except (ValueError, TypeError):
+                    continue
+                if signed != nonce:
+                    continue                      # written by the program, not the harness
                 if kind == "done":
                     done = True
                 elif kind == "probe":
-                    report["probes"].append(message[2])
+                    report["probes"].append(message[1])
                 elif kind in ("compile_error", "program_error"):
-                    report.update(status=kind, error_type=message[1], message=message[2])
+                    report.update(status=kind, error_type=message[0], message=message[1])
                     done = True
         if report["status"] != "ok" and done:
             return report

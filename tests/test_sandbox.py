@@ -1,0 +1,138 @@
+"""The sandbox API: outcomes and rewards, test formats, result order, limits, reuse."""
+import pytest
+
+from bcoder.sandbox import (AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests,
+                            ValueTest, run_programs)
+
+DOUBLE = UnitTests([ValueTest("f(2)", 4), AssertTest("assert f(3) == 6")])
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxConfig(timeout=2), workers=2) as box:
+        yield box
+
+
+@pytest.mark.parametrize("program, outcome, reward, statuses", [
+    ("def f(x): return 2 * x", "passed", 1.0, ["passed", "passed"]),
+    ("def f(x): return 4", "failed", -0.3, ["passed", "failed"]),
+    ("def f(x): return x / 0", "runtime_error", -0.6, ["error", "error"]),
+    ("def f(x) return x", "compile_error", -1.0, ["not_run", "not_run"]),
+    ("raise ValueError('at import')\ndef f(x): return 2 * x", "runtime_error", -0.6, ["not_run", "not_run"]),
+    ("def f(x):\n    while True: pass", "runtime_error", -0.6, ["timeout", "not_run"]),
+])
+def test_outcomes_and_rewards(sandbox, program, outcome, reward, statuses):
+    [result] = sandbox.run([program], DOUBLE)
+    assert (result.outcome, result.reward) == (outcome, reward)
+    assert [t.status for t in result.tests] == statuses
+    assert (result.tests_passed, result.tests_total) == (statuses.count("passed"), 2)
+
+
+def test_error_details(sandbox):
+    [result] = sandbox.run(["def f(x):\n    return {}[x]"], DOUBLE)
+    assert result.error_type == "KeyError" and "program line 2" in result.message
+    [result] = sandbox.run(["def f(x): return [x]"], UnitTests([ValueTest("f(1)", (1,))]))
+    assert result.tests[0].message == "expected (1,), got [1]"   # types count: a list is no tuple
+
+
+def test_results_keep_input_order_across_workers(sandbox):
+    programs = [f"import time\ntime.sleep({0.05 * (i % 3)})\ndef f(x): return {i}" for i in range(12)]
+    results = sandbox.run(programs, [UnitTests([ValueTest("f(0)", i)]) for i in range(12)])
+    assert [r.outcome for r in results] == ["passed"] * 12
+
+
+def test_one_broken_case_does_not_shift_others(sandbox):
+    suites = [DOUBLE, UnitTests([ValueTest("f(", 1)]), DOUBLE]   # an expression that does not parse
+    results = sandbox.run(["def f(x): return 2 * x"] * 3, suites)
+    assert [r.outcome for r in results] == ["passed", "runtime_error", "passed"]
+
+
+def test_value_comparison_follows_python_for_builtin_types(sandbox):
+    cases = [ValueTest("1", 1.0), ValueTest("{1: [2, (3,)]}", {1: [2, (3,)]}), ValueTest("frozenset({1})", {1}),
+             ValueTest("b'x'", b"x"), ValueTest("2 ** 70000 > 0", True), ValueTest("1j", 1j),
+             ValueTest("__import__('collections').Counter('aab')", {"a": 2, "b": 1}),
+             ValueTest("float('inf')", float("inf"))]
+    [result] = sandbox.run(["pass"], UnitTests(cases))
+    assert result.outcome == "passed", result.tests
+
+
+def test_setup_runs_after_program_and_before_tests(sandbox):
+    tests = UnitTests([ValueTest("size(root)", 2)], setup="root = Node(Node(None))")
+    program = "class Node:\n    def __init__(self, child): self.child = child\n" \
+              "def size(n): return 0 if n is None else 1 + size(n.child)"
+    assert sandbox.run([program], tests)[0].outcome == "passed"
+
+
+def test_humaneval_style_check(sandbox):
+    tests = UnitTests([AssertTest("check(add)")],
+                      setup="def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(0, 0) == 0\n")
+    results = sandbox.run(["def add(a, b): return a + b", "def add(a, b): return a * b + 2"], tests)
+    assert [r.outcome for r in results] == ["passed", "failed"]
+
+
+def test_call_based_apps(sandbox):
+    tests = UnitTests([CallTest("pair", [1], [1, 2]), CallTest("pair", [3], [[3, 4]])], apps=True)
+    plain = "def pair(x): return (x, x + 1)"                   # tuples read as lists
+    leetcode = "class Solution:\n    def pair(self, x: int) -> List[int]:\n        return [x, x + 1]"
+    wrong = "def pair(x): return [x]"
+    results = sandbox.run([plain, leetcode, wrong], tests)
+    assert [r.outcome for r in results] == ["passed", "passed", "failed"]
+
+
+def test_stdin_programs(sandbox):
+    tests = UnitTests([StdioTest("3\n", "6\n"), StdioTest("5\n", "10")], apps=True)
+    programs = ["print(int(input()) * 2)",
+                "import sys\nprint(int(sys.stdin.read()) * 2, end='  \\n\\n')",   # trailing blanks ignored
+                "n = int(open(0).read())\nprint(n * 2)\nexit()",
+                "n = int(input())\nif n:\n    print(2 * n)\n    return\nprint(0)",   # APPS runs it as a function
+                "print(int(input()) * 2 + 1)",
+                "print(int(input()) * 2)\nimport sys\nsys.exit(3)"]
+    results = sandbox.run(programs, tests)
+    assert [r.outcome for r in results] == ["passed"] * 4 + ["failed", "runtime_error"]
+
+
+def test_stdin_float_tolerance_and_runs_each_test_fresh(sandbox):
+    tests = UnitTests([StdioTest("1\n", "0.3333333333\n"), StdioTest("2\n", "0.6666666667")], apps=True)
+    [result] = sandbox.run(["seen = []\nseen.append(1)\nassert len(seen) == 1\nprint(int(input()) / 3)"], tests)
+    assert result.outcome == "passed"
+
+
+def test_stdout_is_captured_and_capped():
+    results = run_programs(["print('hello')\ndef f(x): return 2 * x", "print('x' * 5000)\ndef f(x): return 2 * x"],
+                           DOUBLE, workers=1, output_limit=1000)
+    assert results[0].stdout == "hello\n"
+    assert len(results[1].stdout) == 1000 and results[1].outcome == "passed"
+
+
+def test_memory_limit_is_a_runtime_error():
+    [result] = run_programs(["x = bytearray(300 << 20)\ndef f(x): return 2 * x"], DOUBLE, workers=1,
+                            memory_limit=256 << 20)
+    assert result.outcome == "runtime_error" and result.error_type == "MemoryError"
+
+
+def test_peak_memory_and_time_are_reported(sandbox):
+    [result] = sandbox.run(["x = bytearray(50 << 20)\ndef f(x): return 2 * x"], DOUBLE)
+    assert result.peak_memory > 50 << 20 and result.seconds > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="2 programs but 1 test suites"):
+        run_programs(["a", "b"], [DOUBLE], workers=1)
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        UnitTests([StdioTest("", ""), ValueTest("1", 1)])
+
+
+def test_without_isolation_programs_still_run_and_leftovers_die(tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+    daemon = (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n        time.sleep(100)\n"
+              f"    os._exit(0)\ntime.sleep(0.2)\ndef f(x): return 2 * x")
+    killer = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef f(x): return 2 * x"
+    with Sandbox(SandboxConfig(timeout=2, isolate=False), workers=1) as box:
+        assert not box.isolated
+        results = box.run([daemon, killer, "def f(x): return 2 * x"], DOUBLE)
+    assert [r.outcome for r in results] == ["passed", "runtime_error", "passed"]
+    assert results[1].error_type == "HarnessError"        # it killed its worker; the pool went on
+    daemon_pid = int(pid_file.read_text())
+    with pytest.raises(FileNotFoundError):
+        open(f"/proc/{daemon_pid}/stat").read()

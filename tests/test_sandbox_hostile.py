@@ -1,0 +1,173 @@
+"""Hostile programs: each gets its right outcome, the evaluator survives, nothing leaks.
+
+All of them run in one batch through one pool (so they also show that a hostile program
+never disturbs the results of its neighbours); the tests then check each result and the
+machine: no process of the sandbox uids, files outside the work dirs untouched, no network.
+"""
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, UnitTests, ValueTest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the isolation under test needs root")
+
+F = "\ndef f(x): return 2 * x\n"                 # a correct solution hostile programs append
+DOUBLE = UnitTests([ValueTest("f(2)", 4)])
+EVIL = "class Evil:\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n" \
+       "    def __bool__(self): return True\n    def __hash__(self): return 0\n"
+MARKER = "bcoder-hostile-marker"
+
+VICTIM_DIR = Path(tempfile.mkdtemp(prefix="victim-", dir=Path(__file__).parent))
+VICTIM = VICTIM_DIR / "victim.txt"
+LISTENER = socket.socket()
+LISTENER.bind(("127.0.0.1", 0))
+LISTENER.listen()
+LISTENER.setblocking(False)
+PORT = LISTENER.getsockname()[1]
+
+# name: (program, tests, outcome)
+HOSTILE = {
+    "infinite_loop": ("while True: pass" + F, DOUBLE, "runtime_error"),
+    "signal_swallowing_loop": ("import signal\nfor s in signal.valid_signals():\n    try: signal.signal(s, signal.SIG_IGN)\n"
+                               "    except (OSError, ValueError): pass\nwhile True: pass" + F, DOUBLE, "runtime_error"),
+    "sleep_forever": ("import time\ntime.sleep(1000)" + F, DOUBLE, "runtime_error"),
+    "loop_in_tested_function": ("def f(x):\n    while True: pass", DOUBLE, "runtime_error"),
+    "fork_bomb": ("import os\nwhile True:\n    try: os.fork()\n    except OSError: pass" + F, DOUBLE, "runtime_error"),
+    "thread_bomb": ("import threading, time\nfor _ in range(10000):\n    threading.Thread(target=time.sleep, args=(100,)).start()" + F,
+                    DOUBLE, "runtime_error"),
+    "memory_bomb": ("x = bytearray(16 << 30)" + F, DOUBLE, "runtime_error"),
+    "growing_memory_bomb": ("x = []\nwhile True: x.append(' ' * (1 << 24))" + F, DOUBLE, "runtime_error"),
+    "deep_recursion": ("def g(n): return g(n + 1)\ng(0)" + F, DOUBLE, "runtime_error"),
+    "stack_overflow_segfault": ("import sys\nsys.setrecursionlimit(10 ** 8)\ndef g(n): return g(n + 1) + 1\ng(0)" + F,
+                                DOUBLE, "runtime_error"),
+    "ctypes_segfault": ("import ctypes\nctypes.string_at(0)" + F, DOUBLE, "runtime_error"),
+    "huge_output_then_correct": ("print('x' * (8 << 20))" + F, DOUBLE, "passed"),
+    "endless_output": ("while True: print('spam' * 1000)" + F, DOUBLE, "runtime_error"),
+    "sys_exit_0": ("import sys\nsys.exit(0)" + F, DOUBLE, "runtime_error"),
+    "os_exit_0": ("import os\nos._exit(0)" + F, DOUBLE, "runtime_error"),
+    "quit": ("quit()" + F, DOUBLE, "runtime_error"),
+    "raise_system_exit": ("raise SystemExit" + F, DOUBLE, "runtime_error"),
+    "exit_inside_tested_function": ("def f(x):\n    import os\n    os._exit(0)", DOUBLE, "runtime_error"),
+    "atexit_hook": ("import atexit, os\natexit.register(lambda: os._exit(0))\ndef f(x): return 0", DOUBLE, "failed"),
+    "eq_always_true_value": (EVIL + "def f(x): return Evil()", DOUBLE, "failed"),
+    "eq_always_true_assert": (EVIL + "def f(x): return Evil()", UnitTests([AssertTest("assert f(2) == 4")]), "failed"),
+    "bool_always_true_assert": (EVIL + "def f(x): return Evil()", UnitTests([AssertTest("assert f(2)")]), "runtime_error"),
+    "eq_always_true_apps_call": (EVIL + "def f(x): return Evil()", UnitTests([CallTest("f", [2], 4)], apps=True), "failed"),
+    "str_subclass_eq": ("class S(str):\n    def __eq__(self, o): return True\n    __hash__ = str.__hash__\n"
+                        "def f(x): return S('no')", UnitTests([ValueTest("f(2)", "yes")]), "failed"),
+    "rebind_test_helper": ("def f(x):\n    globals()['__plain__'] = lambda v: True\n    return 1",
+                           UnitTests([AssertTest("assert f(2) == 4")]), "failed"),
+    "patch_builtins": ("import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.type = lambda *a: int\n"
+                       "def f(x): return Evil()\n" + EVIL, DOUBLE, "runtime_error"),
+    "forge_result_channel": ("import os\nos.write(3, b'[\"probe\", 0, [\"ok\", 4]]\\n[\"done\"]\\n')\nos._exit(0)" + F,
+                             DOUBLE, "runtime_error"),
+    "close_result_channel": ("import os\nos.close(3)" + F, DOUBLE, "runtime_error"),
+    "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)" + F, DOUBLE, "runtime_error"),
+    "kill_own_process_group": ("import os, signal\nos.killpg(0, signal.SIGKILL)" + F, DOUBLE, "runtime_error"),
+    "kill_everything_allowed": ("import os, signal\nos.kill(-1, signal.SIGKILL)" + F, DOUBLE, "passed"),  # none but itself
+    "daemonised_child": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                         "        time.sleep(1000)\n    os._exit(0)" + F, DOUBLE, "passed"),
+    "child_in_own_process_group": ("import os, time\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    while True: pass" + F,
+                                   DOUBLE, "passed"),
+    "network_outside": ("import socket\ndef f(x):\n    try:\n        socket.create_connection(('1.1.1.1', 53), timeout=1)\n"
+                        "        return 'connected'\n    except OSError:\n        return 'blocked'",
+                        UnitTests([ValueTest("f(0)", "blocked")]), "passed"),
+    "network_loopback": (f"import socket\ndef f(x):\n    try:\n        socket.create_connection(('127.0.0.1', {PORT}), timeout=1)\n"
+                         "        return 'connected'\n    except OSError:\n        return 'blocked'",
+                         UnitTests([ValueTest("f(0)", "blocked")]), "passed"),
+    "change_files_outside_workdir": (
+        f"import os\ndef f(x):\n    denied = 0\n    for attempt in (lambda: os.remove({str(VICTIM)!r}),\n"
+        f"                    lambda: open({str(VICTIM)!r}, 'a').write('pwned'),\n"
+        f"                    lambda: os.chmod({str(VICTIM)!r}, 0o777),\n"
+        f"                    lambda: open({str(VICTIM_DIR / 'new.txt')!r}, 'w').write('x'),\n"
+        f"                    lambda: open({str(Path(__file__))!r}, 'a').write('x')):\n"
+        "        try: attempt()\n        except PermissionError: denied += 1\n    return denied",
+        UnitTests([ValueTest("f(0)", 5)]), "passed"),
+    "files_in_workdir_and_tmp": (f"import os\nopen('local.txt', 'w').write('ok')\nopen('/tmp/{MARKER}', 'w').write('x')\n"
+                                 f"open('/dev/shm/{MARKER}', 'w').write('x')" + F, DOUBLE, "passed"),
+    "read_stdin": ("import sys\ndef f(x): return len(sys.stdin.read())", UnitTests([ValueTest("f(0)", 0)]), "passed"),
+    "input_without_stdin": ("def f(x): return input()", DOUBLE, "runtime_error"),
+    "null_byte_source": ("def f(x): return 2 * x\0", DOUBLE, "compile_error"),
+    "deeply_nested_source": ("x = " + "(" * 5000 + ")" * 5000 + F, DOUBLE, "compile_error"),
+    "huge_file": ("open('big', 'wb').write(b'x' * (64 << 20))" + F, DOUBLE, "runtime_error"),
+}
+
+
+@pytest.fixture(scope="module")
+def results():
+    VICTIM.write_text("original")
+    VICTIM.chmod(0o644)
+    uid_base = SandboxConfig().uid_base
+    with Sandbox(SandboxConfig(timeout=1.5, memory_limit=1 << 30), workers=2) as box:
+        assert box.isolated
+        programs, tests, _ = zip(*HOSTILE.values())
+        outcomes = dict(zip(HOSTILE, box.run(programs, tests)))
+        after = box.run(["def f(x): return 2 * x"] * 4, DOUBLE)     # the pool still works
+        leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _uid(p) in range(uid_base, uid_base + 2)]
+    yield outcomes, after, leftovers
+    VICTIM.unlink()
+    VICTIM_DIR.rmdir()
+    LISTENER.close()
+
+
+def _uid(proc):
+    try:
+        return int(next(line for line in (proc / "status").read_text().splitlines() if line.startswith("Uid:")).split()[1])
+    except (OSError, StopIteration):
+        return None
+
+
+def test_there_are_at_least_30_hostile_programs():
+    assert len(HOSTILE) >= 30
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_program_gets_its_outcome(results, name):
+    result = results[0][name]
+    assert result.outcome == HOSTILE[name][2], (result.error_type, result.message)
+
+
+def test_the_pool_survives(results):
+    assert [r.outcome for r in results[1]] == ["passed"] * 4
+
+
+def test_no_process_of_a_sandbox_uid_survives(results):
+    assert results[2] == []
+
+
+def test_no_process_of_ours_survives(results):
+    children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == os.getpid()]
+    assert children == []
+
+
+def _parent(proc):
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def test_files_outside_the_workdir_are_untouched(results):
+    assert VICTIM.read_text() == "original" and oct(VICTIM.stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in VICTIM_DIR.iterdir()) == ["victim.txt"]
+    assert not Path(f"/tmp/{MARKER}").exists() and not Path(f"/dev/shm/{MARKER}").exists()
+    assert not list(Path("/tmp").glob("bcoder-sandbox-*"))
+
+
+def test_loopback_server_saw_no_connection(results):
+    with pytest.raises(BlockingIOError):
+        LISTENER.accept()
+
+
+def test_output_is_capped(results):
+    assert len(results[0]["huge_output_then_correct"].stdout) <= 1 << 20
+    assert len(results[0]["endless_output"].stdout) <= 1 << 20
+
+
+def test_timeouts_are_reported_as_such(results):
+    for name in ("infinite_loop", "signal_swallowing_loop", "sleep_forever", "loop_in_tested_function"):
+        assert results[0][name].error_type == "Timeout", name
