@@ -1,4 +1,6 @@
 """The sandbox API: outcomes and rewards, test formats, result order, limits, reuse."""
+import sys
+
 import pytest
 
 from bcoder.sandbox import (AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests,
@@ -136,3 +138,17 @@ def test_without_isolation_programs_still_run_and_leftovers_die(tmp_path):
     daemon_pid = int(pid_file.read_text())
     with pytest.raises(FileNotFoundError):
         open(f"/proc/{daemon_pid}/stat").read()
+
+
+def test_programs_never_see_the_evaluators_heavy_modules():
+    """The sandbox imports neither torch nor numpy, and a caller's torch never reaches a fork."""
+    script = ("import sys, torch\nfrom bcoder.sandbox import run_programs, UnitTests, ValueTest\n"
+              "assert 'numpy' not in sys.modules or 'torch' in sys.modules\n"
+              "program = 'import sys\\ndef heavy(): return sorted(m for m in (\"torch\", \"numpy\", \"bcoder\") if m in sys.modules)'\n"
+              "[r] = run_programs([program], UnitTests([ValueTest('heavy()', [])]), workers=1)\n"
+              "print(r.outcome)")
+    light = "import sys, bcoder.sandbox, bcoder.data.apps, bcoder.evaluate\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    repo = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    run = __import__("subprocess").run
+    assert run([sys.executable, "-c", light], capture_output=True, text=True, cwd=repo).stdout == "[]\n"
+    assert run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo).stdout == "passed\n"

@@ -1,0 +1,123 @@
+"""The loaders, and every reference solution through the sandbox: all pass, mutations fail."""
+import gzip
+import json
+import os
+
+import pytest
+
+from bcoder.data.apps import load_apps
+from bcoder.data.humaneval import load_humaneval
+from bcoder.data.mbpp import load_mbpp, mbpp_test
+from bcoder.data.problems import DataError, default_data_dir
+from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, ValueTest
+
+DATA = default_data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(),
+                                reason=f"data sets not found in {DATA} (set BCODER_DATA_DIR)")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxConfig(timeout=20), workers=os.cpu_count()) as box:
+        yield box
+
+
+def run_references(sandbox, problems):
+    pairs = [(p, s) for p in problems for s in p.solutions]
+    results = sandbox.run([s for _, s in pairs], [p.tests for p, _ in pairs])
+    return [(p.task_id, r.outcome, r.message[:200]) for (p, _), r in zip(pairs, results) if r.outcome != "passed"]
+
+
+def mutate(program):
+    """A wrong program: every function returns None after doing its work."""
+    return program.replace("return ", "return None and ")
+
+
+@needs_data
+def test_all_mbpp_references_pass_and_mutations_fail(sandbox):
+    problems = load_mbpp(DATA / "mbpp.jsonl")
+    assert len(problems) == 974
+    assert run_references(sandbox, problems) == []
+    mutated = [p for p in problems if "return " in p.solutions[0]][::10]
+    results = sandbox.run([mutate(p.solutions[0]) for p in mutated], [p.tests for p in mutated])
+    assert not any(r.passed for r in results)
+
+
+@needs_data
+def test_all_humaneval_references_pass_and_mutations_fail(sandbox):
+    problems = load_humaneval(DATA / "HumanEval.jsonl.gz")
+    assert len(problems) == 164
+    assert run_references(sandbox, problems) == []
+    results = sandbox.run([p.program(mutate(p.solutions[0][len(p.prompt):])) for p in problems[::8]],
+                          [p.tests for p in problems[::8]])
+    assert not any(r.passed for r in results)
+
+
+@needs_data
+def test_all_apps_references_pass_and_mutations_fail(sandbox):
+    problems = load_apps(DATA / "apps_train_coderl5.jsonl")
+    assert sum(len(p.solutions) for p in problems) == 101
+    assert run_references(sandbox, problems) == []     # including 2287's top-level `return`s
+    results = sandbox.run(["print(-42)", "def is_prime(n): return n == 2"] * len(problems),
+                          [p.tests for p in problems for _ in range(2)])
+    assert not any(r.passed for r in results)
+
+
+@needs_data
+def test_example_and_hidden_tests_are_kept_apart():
+    mbpp = load_mbpp(DATA / "mbpp.jsonl")[0]
+    assert len(mbpp.example_tests.cases) == 1 and len(mbpp.hidden_tests.cases) == 2
+    apps = {p.task_id: p for p in load_apps(DATA / "apps_train_coderl5.jsonl")}
+    assert apps["1"].example_tests.cases[0].input == "3\n2 2 3\n4 3 7\n10 1 9\n"
+    assert len(apps["2404"].example_tests.cases) == 1 and isinstance(apps["2404"].tests.cases[0], CallTest)
+    stdin49 = load_apps(DATA / "apps_train_stdin49_mapcoder.jsonl")
+    assert len(stdin49) == 49 and all(p.example_tests.cases and p.hidden_tests.cases for p in stdin49)
+    assert sum(len(p.tests.cases) for p in stdin49) == 605
+    assert all(isinstance(c, StdioTest) for p in stdin49 for c in p.tests.cases)
+    assert all(not set(p.example_tests.cases) & set(p.hidden_tests.cases) for p in stdin49)
+
+
+def test_mbpp_asserts_become_value_tests_when_the_expected_side_is_literal():
+    assert mbpp_test("assert f(1, 'a') == [(1, 2)]") == ValueTest("f(1, 'a')", [(1, 2)])
+    assert mbpp_test("assert [3] == g(x)") == ValueTest("g(x)", [3])
+    assert mbpp_test("assert f(1) == math.pi") == AssertTest("assert f(1) == math.pi")
+    assert mbpp_test("assert f(1)") == AssertTest("assert f(1)")
+
+
+def test_apps_problem_folders(tmp_path):
+    folder = tmp_path / "0007"
+    folder.mkdir()
+    (folder / "question.txt").write_text("Double it.\n-----Example-----\nInput\n2\n\nOutput\n4\n")
+    (folder / "input_output.json").write_text(json.dumps({"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"]}))
+    (folder / "solutions.json").write_text(json.dumps(["print(2 * int(input()))"]))
+    for path in (tmp_path, folder):
+        [problem] = load_apps(path)
+        assert problem.task_id == "0007" and problem.solutions == ["print(2 * int(input()))"]
+        assert problem.example_tests.cases == (StdioTest("2\n", "4\n"),)
+        assert problem.hidden_tests.cases == (StdioTest("5\n", "10\n"),)
+
+
+@pytest.mark.parametrize("line, error", [
+    ("{not json", r"bad\.jsonl:2: not valid JSON"),
+    ('{"task_id": 1, "text": "t", "code": "c"}', r"bad\.jsonl:2: missing field 'test_list'"),
+    ('{"task_id": 1, "text": "t", "code": "c", "test_list": "assert 1"}', r"bad\.jsonl:2: field 'test_list' should be list"),
+    ('{"task_id": 1, "text": "t", "code": "c", "test_list": ["assert ("]}', r"bad\.jsonl:2: field 'test_list' has an assert"),
+])
+def test_malformed_mbpp_lines_name_file_line_and_field(tmp_path, line, error):
+    path = tmp_path / "bad.jsonl"
+    good = {"task_id": 0, "text": "t", "code": "c", "test_list": ["assert f(1) == 1"]}
+    path.write_text(json.dumps(good) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=error):
+        load_mbpp(path)
+
+
+def test_malformed_apps_and_humaneval_records(tmp_path):
+    apps = tmp_path / "apps.jsonl"
+    apps.write_text(json.dumps({"problem_id": 1, "question": "q", "input_output": '{"inputs": ["1"]}'}) + "\n")
+    with pytest.raises(DataError, match=r"apps\.jsonl:1: field 'input_output' needs lists"):
+        load_apps(apps)
+    humaneval = tmp_path / "he.jsonl.gz"
+    with gzip.open(humaneval, "wt") as f:
+        f.write(json.dumps({"task_id": "HumanEval/0", "prompt": "p", "entry_point": "f"}) + "\n")
+    with pytest.raises(DataError, match=r"he\.jsonl\.gz:1: missing field 'test'"):
+        load_humaneval(humaneval)
