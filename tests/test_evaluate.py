@@ -1,6 +1,8 @@
 """The evaluate CLI: per-sample lines in input order, summary with pass@k, clear errors."""
+import gzip
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +31,7 @@ def test_pass_at_k_matches_the_closed_form():
 
 @needs_data
 def test_cli_on_humaneval_completions(tmp_path):
-    problem = json.loads(__import__("gzip").open(DATA / "HumanEval.jsonl.gz", "rt").readline())
+    problem = json.loads(gzip.open(DATA / "HumanEval.jsonl.gz", "rt").readline())
     samples = write_jsonl(tmp_path / "samples.jsonl", [
         {"task_id": "HumanEval/0", "completion": problem["canonical_solution"]},
         {"task_id": "HumanEval/0", "completion": "    return True\n"},
@@ -81,5 +83,5 @@ def test_cli_reports_bad_samples_with_file_and_line(tmp_path, capsys, lines, err
         main(["--format", "humaneval", "--problems", str(DATA / "HumanEval.jsonl.gz"), "--samples", str(samples),
               "--out", str(tmp_path / "out.jsonl")])
     assert exit_info.value.code != 0
-    assert __import__("re").search(error, str(exit_info.value.code))
+    assert re.search(error, str(exit_info.value.code))
     assert not (tmp_path / "out.jsonl").exists()

@@ -1,5 +1,7 @@
 """The sandbox API: outcomes and rewards, test formats, result order, limits, reuse."""
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -148,7 +150,7 @@ def test_programs_never_see_the_evaluators_heavy_modules():
               "[r] = run_programs([program], UnitTests([ValueTest('heavy()', [])]), workers=1)\n"
               "print(r.outcome)")
     light = "import sys, bcoder.sandbox, bcoder.data.apps, bcoder.evaluate\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
-    repo = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-    run = __import__("subprocess").run
+    repo = str(Path(__file__).resolve().parents[1])
+    run = subprocess.run
     assert run([sys.executable, "-c", light], capture_output=True, text=True, cwd=repo).stdout == "[]\n"
     assert run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo).stdout == "passed\n"
