@@ -57,14 +57,15 @@ def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_
     batch, steps, vocab = logits.shape
     if operator == "optimality":
         ckpt_logits = None  # its target V(s_{t+1}) needs no argmax
-    row_max, _, lse, gathered, target = ops.bellman_stats(
+    row_max, _, shifted_lse, gathered, target = ops.bellman_stats(
         logits.reshape(batch * steps, vocab),
         None if ckpt_logits is None else ckpt_logits.reshape(batch * steps, vocab),
         torch.where(mask, actions, -1).reshape(-1), inplace_backward, backend)
-    row_max, lse, gathered, target = (s.view(batch, steps) for s in (row_max, lse, gathered, target))
+    row_max, shifted_lse, gathered, target = (s.view(batch, steps) for s in (row_max, shifted_lse, gathered, target))
 
     value = capped_value(values.to(row_max.dtype), r_max)
-    adv = alpha * (gathered - row_max)
+    shifted_logit = gathered - row_max  # l(s, a) - max_b l(s, b): exact at any logit offset
+    adv = alpha * shifted_logit
     q = adv + value
     q_hat = alpha * (target - row_max) + value if operator == "conservative" else value
     q_next = torch.where(shift_left(mask), shift_left(q_hat), 0.0).detach()
@@ -73,7 +74,7 @@ def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_
 
     gt_tokens = mask & is_ground_truth.unsqueeze(1)
     adv_loss = torch.where(gt_tokens, adv.abs(), 0.0).sum() / is_ground_truth.sum().clamp(min=1)
-    ce_loss = torch.where(gt_tokens, lse - gathered, 0.0).sum() / gt_tokens.sum().clamp(min=1)
+    ce_loss = torch.where(gt_tokens, shifted_lse - shifted_logit, 0.0).sum() / gt_tokens.sum().clamp(min=1)
     loss = td_loss + beta_adv * adv_loss + beta_ce * ce_loss
     return BellmanLossOutput(loss, td_loss.detach(), adv_loss.detach(), ce_loss.detach())
 

@@ -4,21 +4,25 @@ Every vocabulary-sized computation of the B-Coder losses reduces to five statist
 the [N, V] logits, computed in one pass over both logits tensors:
 
     bellman_stats(logits, ckpt_logits, actions, inplace_backward=False)
-        -> (max, argmax, lse, gathered, target)
+        -> (max, argmax, shifted_lse, gathered, target)
 
-    max_i      = max_k l[i, k]                    argmax_i = first k attaining it (torch.argmax)
-    lse_i      = log sum_k exp(l[i, k])           gathered_i = l[i, actions_i]
-    target_i   = l[i, â_i],  â_i = first argmax of ckpt_logits[i]  (â_i = argmax_i without them)
+    max_i         = max_k l[i, k]                 argmax_i   = first k attaining it (torch.argmax)
+    shifted_lse_i = log sum_k exp(l[i, k] - max_i)     gathered_i = l[i, actions_i]
+    target_i      = l[i, â_i],  â_i = first argmax of ckpt_logits[i]  (â_i = argmax_i without them)
 
-Statistics are float32 (float64 for float64 logits); bf16/fp16 accumulate in float32. A row with
+The log-normaliser is kept relative to the max (in [0, log V]) so that the cross-entropy
+shifted_lse - (gathered - max) loses nothing to cancellation at large logit offsets. Statistics
+are float32 (float64 for float64 logits); bf16/fp16 accumulate in float32. A row with
 actions_i < 0 is padding: it is not read and its statistics are 0. -inf entries are allowed
-(an all -inf row has max = lse = -inf, argmax 0); a NaN in a row makes its max and lse NaN.
+(an all -inf row has max = shifted_lse = -inf, argmax 0); a NaN in a row makes its max and
+shifted_lse NaN.
 
-Its gradient with respect to the logits, given the gradients of (max, lse, gathered), is
+Its gradient with respect to the logits, given the gradients of (max, shifted_lse, gathered),
+with d shifted_lse / dl = softmax(l) - e_argmax, is
 
-    grad[i] = g_lse_i * softmax(l[i]) + g_gathered_i * e_{actions_i} + g_max_i * e_{argmax_i}
+    grad[i] = g_slse_i * softmax(l[i]) + g_gathered_i * e_{actions_i} + (g_max_i - g_slse_i) * e_{argmax_i}
 
-dense only where g_lse_i != 0 (ground-truth rows, through the cross-entropy), otherwise two
+dense only where g_slse_i != 0 (ground-truth rows, through the cross-entropy), otherwise two
 non-zeros. `bellman_stats_backward` returns it; `bellman_stats_backward_` writes it over the
 logits (inplace_backward=True), so the backward allocates nothing vocabulary-sized. `target` is
 a stop-gradient TD target and gets no gradient.
@@ -62,25 +66,31 @@ def _backward_inplace_fake(logits, actions, argmax, lse, grad_max, grad_lse, gra
 
 def _setup_context(ctx, inputs, output):
     logits, _, actions, inplace_backward = inputs
-    _, argmax, lse, _, _ = output
+    _, argmax, shifted_lse, _, _ = output
     ctx.inplace_backward = inplace_backward
-    ctx.save_for_backward(logits, actions, argmax, lse)
+    ctx.save_for_backward(logits, actions, argmax, shifted_lse)
 
 
-def _stats_backward(ctx, grad_max, grad_argmax, grad_lse, grad_gathered, grad_target):
-    logits, actions, argmax, lse = ctx.saved_tensors
-    grad_max, grad_lse, grad_gathered = (
-        torch.zeros_like(lse) if g is None else g.to(lse.dtype).contiguous()
-        for g in (grad_max, grad_lse, grad_gathered)
-    )
-    if ctx.inplace_backward:
-        torch.ops.bcoder.bellman_stats_backward_(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
-        return logits, None, None, None
-    grad = torch.ops.bcoder.bellman_stats_backward(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
-    return grad, None, None, None
+def _make_stats_backward(backward, backward_):
+    """The autograd formula of a stats op, given its out-of-place and in-place gradient ops."""
+
+    def stats_backward(ctx, grad_max, grad_argmax, grad_shifted_lse, grad_gathered, grad_target):
+        logits, actions, argmax, shifted_lse = ctx.saved_tensors
+        args = (actions, argmax, shifted_lse) + tuple(
+            torch.zeros_like(shifted_lse) if g is None else g.to(shifted_lse.dtype).contiguous()
+            for g in (grad_max, grad_shifted_lse, grad_gathered))
+        if ctx.inplace_backward:
+            backward_(logits, *args)
+            return logits, None, None, None
+        return backward(logits, *args), None, None, None
+
+    return stats_backward
 
 
-torch.library.register_autograd("bcoder::bellman_stats", _stats_backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "bcoder::bellman_stats",
+    _make_stats_backward(torch.ops.bcoder.bellman_stats_backward, torch.ops.bcoder.bellman_stats_backward_),
+    setup_context=_setup_context)
 
 
 def resolve_backend(backend, device):
@@ -99,7 +109,25 @@ def resolve_backend(backend, device):
 def bellman_stats(logits, ckpt_logits, actions, inplace_backward=False, backend="cpp"):
     """Row statistics (max, argmax, lse, gathered, target) of [N, V] logits, differentiable."""
     if backend == "triton":
-        from bcoder.kernels import bellman as triton_bellman
-
-        return triton_bellman.stats(logits, ckpt_logits, actions, inplace_backward)
+        _load_triton()
+        return torch.ops.bcoder.triton_bellman_stats(logits, ckpt_logits, actions, inplace_backward)
     return torch.ops.bcoder.bellman_stats(logits, ckpt_logits, actions, inplace_backward)
+
+
+def _load_triton():
+    """Imports the Triton kernels (once) and registers their autograd like the C++ op's."""
+    global _triton_loaded
+    if _triton_loaded:
+        return
+    try:
+        from bcoder.kernels import bellman as triton_bellman
+    except ImportError as error:
+        raise ImportError("backend='triton' needs the triton package: pip install triton") from error
+    torch.library.register_autograd(
+        "bcoder::triton_bellman_stats",
+        _make_stats_backward(triton_bellman.stats_backward, triton_bellman.stats_backward_),
+        setup_context=_setup_context)
+    _triton_loaded = True
+
+
+_triton_loaded = False

@@ -118,37 +118,40 @@ def program_returns(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max
 def bellman_stats(logits, ckpt_logits, actions):
     """The per-row statistics of the fused-op contract (SPEC section 9), for [N, V] logits.
 
-    Returns (max, argmax, lse, gathered, target); rows with actions < 0 are padding and give 0.
-    Statistics are float64 for float64 logits, float32 otherwise.
+    Returns (max, argmax, shifted_lse, gathered, target): shifted_lse = log sum_k exp(l_k - max),
+    the log-normaliser relative to the max (>= 0; -inf for an all -inf row), which keeps
+    cross-entropy = shifted_lse - (gathered - max) exact at any logit offset. Rows with
+    actions < 0 are padding and give 0. Statistics are float64 for float64 logits, else float32.
     """
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.to(acc)
     valid = actions >= 0
-    safe_actions = actions.clamp(min=0)
     argmax = first_argmax(x)
     row_max = x.gather(-1, argmax.unsqueeze(-1)).squeeze(-1)
     row_max = torch.where(x.isnan().any(dim=-1), float("nan"), row_max)
-    lse = torch.logsumexp(x, dim=-1)
-    gathered = x.gather(-1, safe_actions.unsqueeze(-1)).squeeze(-1)
+    shifted_lse = torch.where(row_max == float("-inf"), row_max, torch.logsumexp(x - row_max.unsqueeze(-1), dim=-1))
+    gathered = x.gather(-1, actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     target_index = argmax if ckpt_logits is None else first_argmax(ckpt_logits.to(acc))
     target = x.gather(-1, target_index.unsqueeze(-1)).squeeze(-1)
     zero = torch.zeros((), dtype=acc, device=x.device)
     return (torch.where(valid, row_max, zero), torch.where(valid, argmax, 0),
-            torch.where(valid, lse, zero), torch.where(valid, gathered, zero),
+            torch.where(valid, shifted_lse, zero), torch.where(valid, gathered, zero),
             torch.where(valid, target, zero))
 
 
-def bellman_stats_backward(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered):
-    """Gradient of the statistics w.r.t. [N, V] logits, given the gradients of (max, lse, gathered).
+def bellman_stats_backward(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered):
+    """Gradient of the statistics w.r.t. [N, V] logits, given the gradients of (max, shifted_lse,
+    gathered). With d shifted_lse / dl = softmax(l) - e_j:
 
-    grad[i] = grad_lse[i] * softmax(logits[i]) + grad_gathered[i] * e_{a_i} + grad_max[i] * e_{j_i};
+    grad[i] = g_slse_i * softmax(l[i]) + g_gathered_i * e_{a_i} + (g_max_i - g_slse_i) * e_{j_i};
     padding rows (actions < 0) are 0.
     """
-    acc = lse.dtype
+    acc = shifted_lse.dtype
     x = logits.to(acc)
-    grad = grad_lse.unsqueeze(-1) * torch.exp(x - lse.unsqueeze(-1))
-    grad = torch.where(grad_lse.unsqueeze(-1) != 0, grad, 0.0)
+    row_max = x.gather(-1, argmax.unsqueeze(-1))
+    weight = grad_shifted_lse.unsqueeze(-1)
+    grad = torch.where(weight != 0, weight * torch.exp(x - row_max - shifted_lse.unsqueeze(-1)), 0.0)
     grad = grad.scatter_add(-1, actions.clamp(min=0).unsqueeze(-1), grad_gathered.unsqueeze(-1))
-    grad = grad.scatter_add(-1, argmax.unsqueeze(-1), grad_max.unsqueeze(-1))
+    grad = grad.scatter_add(-1, argmax.unsqueeze(-1), (grad_max - grad_shifted_lse).unsqueeze(-1))
     grad = torch.where((actions >= 0).unsqueeze(-1), grad, 0.0)
     return grad.to(logits.dtype)

@@ -10,19 +10,19 @@
 
 namespace bcoder {
 
-// (max, argmax, lse, gathered, target) of each row of [N, V] logits; see bcoder/ops.py.
+// (max, argmax, shifted_lse, gathered, target) of each row of [N, V] logits; see bcoder/ops.py.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bellman_stats_cpu(
     const at::Tensor& logits, const std::optional<at::Tensor>& ckpt_logits, const at::Tensor& actions,
     bool inplace_backward);
 
-// grad = grad_lse * softmax(row) + grad_gathered * e_action + grad_max * e_argmax, per row.
+// grad = g_slse * softmax(row) + g_gathered * e_action + (g_max - g_slse) * e_argmax, per row.
 at::Tensor bellman_stats_backward_cpu(
-    const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax, const at::Tensor& lse,
-    const at::Tensor& grad_max, const at::Tensor& grad_lse, const at::Tensor& grad_gathered);
+    const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax, const at::Tensor& shifted_lse,
+    const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse, const at::Tensor& grad_gathered);
 
 // The same gradient, written over `logits` itself.
 void bellman_stats_backward_cpu_(
-    const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax, const at::Tensor& lse,
-    const at::Tensor& grad_max, const at::Tensor& grad_lse, const at::Tensor& grad_gathered);
+    const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax, const at::Tensor& shifted_lse,
+    const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse, const at::Tensor& grad_gathered);
 
 }  // namespace bcoder

@@ -140,7 +140,7 @@ struct RunningArgmax {
 
 template <typename scalar_t>
 void stats_kernel(const at::Tensor& logits, const at::Tensor* ckpt, const at::Tensor& actions,
-                  at::Tensor& max_out, at::Tensor& argmax_out, at::Tensor& lse_out,
+                  at::Tensor& max_out, at::Tensor& argmax_out, at::Tensor& shifted_lse_out,
                   at::Tensor& gathered_out, at::Tensor& target_out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = logits.size(0), vocab = logits.size(1);
@@ -151,7 +151,7 @@ void stats_kernel(const at::Tensor& logits, const at::Tensor* ckpt, const at::Te
   const int64_t* act = actions.const_data_ptr<int64_t>();
   acc_t* max_p = max_out.data_ptr<acc_t>();
   int64_t* argmax_p = argmax_out.data_ptr<int64_t>();
-  acc_t* lse_p = lse_out.data_ptr<acc_t>();
+  acc_t* shifted_lse_p = shifted_lse_out.data_ptr<acc_t>();
   acc_t* gathered_p = gathered_out.data_ptr<acc_t>();
   acc_t* target_p = target_out.data_ptr<acc_t>();
 
@@ -161,7 +161,7 @@ void stats_kernel(const at::Tensor& logits, const at::Tensor* ckpt, const at::Te
     for (int64_t i = begin; i < end; ++i) {
       const int64_t a = act[i];
       if (a < 0) {
-        max_p[i] = lse_p[i] = gathered_p[i] = target_p[i] = acc_t(0);
+        max_p[i] = shifted_lse_p[i] = gathered_p[i] = target_p[i] = acc_t(0);
         argmax_p[i] = 0;
         continue;
       }
@@ -179,10 +179,11 @@ void stats_kernel(const at::Tensor& logits, const at::Tensor* ckpt, const at::Te
         if (c_row) ckpt_row.update(load_chunk(c_row + offset, n, c_buf), n, offset);
       }
       const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+      // NaN input makes max and shifted_lse NaN; a +inf max gives inf - inf = NaN in the sum only.
       const bool saw_nan = row.saw_nan || std::isnan(sum);
-      max_p[i] = saw_nan ? nan : row.max;
+      max_p[i] = row.saw_nan ? nan : row.max;
       argmax_p[i] = row.index;
-      lse_p[i] = saw_nan ? nan : (row.max == kNegInf<acc_t> ? row.max : row.max + std::log(sum));
+      shifted_lse_p[i] = saw_nan ? nan : (row.max == kNegInf<acc_t> ? row.max : std::log(sum));
       gathered_p[i] = static_cast<acc_t>(x_row[a]);
       target_p[i] = c_row ? static_cast<acc_t>(x_row[ckpt_row.index]) : max_p[i];
     }
@@ -192,7 +193,7 @@ void stats_kernel(const at::Tensor& logits, const at::Tensor* ckpt, const at::Te
 // Writes the gradient of row statistics into `grad` (which may alias `logits`).
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
-                     const at::Tensor& lse, const at::Tensor& grad_max, const at::Tensor& grad_lse,
+                     const at::Tensor& shifted_lse, const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse,
                      const at::Tensor& grad_gathered, const at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -203,9 +204,9 @@ void backward_kernel(const at::Tensor& logits, const at::Tensor& actions, const 
   const int64_t g_stride = grad.stride(0);
   const int64_t* act = actions.const_data_ptr<int64_t>();
   const int64_t* argmax_p = argmax.const_data_ptr<int64_t>();
-  const acc_t* lse_p = lse.const_data_ptr<acc_t>();
+  const acc_t* shifted_lse_p = shifted_lse.const_data_ptr<acc_t>();
   const acc_t* gmax_p = grad_max.const_data_ptr<acc_t>();
-  const acc_t* glse_p = grad_lse.const_data_ptr<acc_t>();
+  const acc_t* gshifted_lse_p = grad_shifted_lse.const_data_ptr<acc_t>();
   const acc_t* ggath_p = grad_gathered.const_data_ptr<acc_t>();
 
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
@@ -220,32 +221,35 @@ void backward_kernel(const at::Tensor& logits, const at::Tensor& actions, const 
         continue;
       }
       const int64_t j = argmax_p[i];
-      const acc_t row_lse = lse_p[i], weight = glse_p[i];
-      // Read the two sparse columns before an in-place pass overwrites them.
+      const acc_t weight = gshifted_lse_p[i];
+      // Read the two sparse columns before an in-place pass overwrites them; x_j is the max.
       const acc_t x_a = static_cast<acc_t>(x_row[a]), x_j = static_cast<acc_t>(x_row[j]);
+      const acc_t shifted_lse = shifted_lse_p[i];
+      // softmax = exp((x - max) - shifted_lse): subtracting the max first keeps it exact at any offset.
+      const auto softmax = [&](acc_t x) { return std::exp((x - x_j) - shifted_lse); };
       if (weight == acc_t(0)) {
         std::memset(static_cast<void*>(g_row), 0, vocab * sizeof(scalar_t));
       } else {
-        const Vec vweight(weight), vlse(row_lse);
+        const Vec vweight(weight), vmax(x_j), vshifted_lse(shifted_lse);
         for (int64_t offset = 0; offset < vocab; offset += kChunk) {
           const int64_t n = std::min(kChunk, vocab - offset);
           const acc_t* x = load_chunk(x_row + offset, n, x_buf);
           int64_t k = 0;
           for (; k + Vec::size() <= n; k += Vec::size()) {
-            (vweight * vec_exp(Vec::loadu(x + k) - vlse)).store(g_buf + k);
+            (vweight * vec_exp(Vec::loadu(x + k) - vmax - vshifted_lse)).store(g_buf + k);
           }
-          for (; k < n; ++k) g_buf[k] = weight * std::exp(x[k] - row_lse);
+          for (; k < n; ++k) g_buf[k] = weight * softmax(x[k]);
           store_chunk(g_buf, n, g_row + offset);
         }
       }
-      // The sparse columns, summed in acc precision and cast once.
-      const auto dense = [&](acc_t x) { return weight == acc_t(0) ? acc_t(0) : weight * std::exp(x - row_lse); };
+      // The sparse columns, summed in acc precision and cast once; d shifted_lse / dx_j = -1.
+      const auto dense = [&](acc_t x) { return weight == acc_t(0) ? acc_t(0) : weight * softmax(x); };
       acc_t at_a = dense(x_a) + ggath_p[i];
       if (j == a) {
-        g_row[a] = static_cast<scalar_t>(at_a + gmax_p[i]);
+        g_row[a] = static_cast<scalar_t>(at_a + gmax_p[i] - weight);
       } else {
         g_row[a] = static_cast<scalar_t>(at_a);
-        g_row[j] = static_cast<scalar_t>(dense(x_j) + gmax_p[i]);
+        g_row[j] = static_cast<scalar_t>(dense(x_j) + gmax_p[i] - weight);
       }
     }
   });
@@ -292,7 +296,7 @@ at::ScalarType acc_type(const at::Tensor& logits) {
 }
 
 void check_backward_args(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
-                         const at::Tensor& lse, const at::Tensor& grad_max, const at::Tensor& grad_lse,
+                         const at::Tensor& shifted_lse, const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse,
                          const at::Tensor& grad_gathered) {
   TORCH_CHECK(logits.dim() == 2, "bellman_stats_backward: logits must be [N, V], got ", logits.sizes());
   const int64_t rows = logits.size(0), vocab = logits.size(1);
@@ -300,9 +304,9 @@ void check_backward_args(const at::Tensor& logits, const at::Tensor& actions, co
   check_vector(actions, "actions", rows, at::kLong);
   check_vector(argmax, "argmax", rows, at::kLong);
   const auto acc = acc_type(logits);
-  check_vector(lse, "lse", rows, acc);
+  check_vector(shifted_lse, "shifted_lse", rows, acc);
   check_vector(grad_max, "grad_max", rows, acc);
-  check_vector(grad_lse, "grad_lse", rows, acc);
+  check_vector(grad_shifted_lse, "grad_shifted_lse", rows, acc);
   check_vector(grad_gathered, "grad_gathered", rows, acc);
   check_actions(actions, vocab);
 }
@@ -324,33 +328,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bellman_s
   check_vector(actions, "actions", rows, at::kLong);
   check_actions(actions, vocab);
   const auto stat_options = logits.options().dtype(acc_type(logits));
-  at::Tensor max_out = at::empty({rows}, stat_options), lse_out = at::empty({rows}, stat_options);
+  at::Tensor max_out = at::empty({rows}, stat_options), shifted_lse_out = at::empty({rows}, stat_options);
   at::Tensor gathered_out = at::empty({rows}, stat_options), target_out = at::empty({rows}, stat_options);
   at::Tensor argmax_out = at::empty({rows}, logits.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "bellman_stats_cpu", [&] {
-    stats_kernel<scalar_t>(logits, ckpt_logits ? &*ckpt_logits : nullptr, actions, max_out, argmax_out, lse_out,
+    stats_kernel<scalar_t>(logits, ckpt_logits ? &*ckpt_logits : nullptr, actions, max_out, argmax_out, shifted_lse_out,
                            gathered_out, target_out);
   });
-  return {max_out, argmax_out, lse_out, gathered_out, target_out};
+  return {max_out, argmax_out, shifted_lse_out, gathered_out, target_out};
 }
 
 at::Tensor bellman_stats_backward_cpu(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
-                                      const at::Tensor& lse, const at::Tensor& grad_max, const at::Tensor& grad_lse,
+                                      const at::Tensor& shifted_lse, const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse,
                                       const at::Tensor& grad_gathered) {
-  check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered);
+  check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered);
   at::Tensor grad = empty_gradient(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "bellman_stats_backward_cpu", [&] {
-    backward_kernel<scalar_t>(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered, grad);
+    backward_kernel<scalar_t>(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered, grad);
   });
   return grad;
 }
 
 void bellman_stats_backward_cpu_(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
-                                 const at::Tensor& lse, const at::Tensor& grad_max, const at::Tensor& grad_lse,
+                                 const at::Tensor& shifted_lse, const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse,
                                  const at::Tensor& grad_gathered) {
-  check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered);
+  check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "bellman_stats_backward_cpu_", [&] {
-    backward_kernel<scalar_t>(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered, logits);
+    backward_kernel<scalar_t>(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered, logits);
   });
 }
 

@@ -17,11 +17,11 @@ TORCH_LIBRARY(bcoder, m) {
   // inplace_backward only tells the autograd formula (bcoder/ops.py) to write the gradient over
   // `logits`; kernels ignore it.
   m.def("bellman_stats(Tensor logits, Tensor? ckpt_logits, Tensor actions, bool inplace_backward=False)"
-        " -> (Tensor max, Tensor argmax, Tensor lse, Tensor gathered, Tensor target)");
-  m.def("bellman_stats_backward(Tensor logits, Tensor actions, Tensor argmax, Tensor lse,"
-        " Tensor grad_max, Tensor grad_lse, Tensor grad_gathered) -> Tensor");
-  m.def("bellman_stats_backward_(Tensor(a!) logits, Tensor actions, Tensor argmax, Tensor lse,"
-        " Tensor grad_max, Tensor grad_lse, Tensor grad_gathered) -> ()");
+        " -> (Tensor max, Tensor argmax, Tensor shifted_lse, Tensor gathered, Tensor target)");
+  m.def("bellman_stats_backward(Tensor logits, Tensor actions, Tensor argmax, Tensor shifted_lse,"
+        " Tensor grad_max, Tensor grad_shifted_lse, Tensor grad_gathered) -> Tensor");
+  m.def("bellman_stats_backward_(Tensor(a!) logits, Tensor actions, Tensor argmax, Tensor shifted_lse,"
+        " Tensor grad_max, Tensor grad_shifted_lse, Tensor grad_gathered) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(bcoder, CPU, m) {
