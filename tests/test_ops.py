@@ -32,7 +32,7 @@ def assert_stats_match(logits, ckpt, actions):
         else:
             assert got.dtype == ops.stats_dtype(logits), name
             # Everything but shifted_lse is an element of the input: exact. shifted_lse: fp32 accumulation.
-            tol = 0 if name != "shifted_lse" else (1e-12 if logits.dtype == torch.float64 else 2e-6 * (1 + want.abs().max()))
+            tol = 0 if name != "shifted_lse" else (1e-12 if logits.dtype == torch.float64 else 2e-5)  # in [0, log V]
             torch.testing.assert_close(got.double(), want, atol=tol, rtol=0, equal_nan=True, msg=name)
     return stats
 
