@@ -1,37 +1,24 @@
 """Builds bcoder and its native extension bcoder._C.
 
 The CPU kernels are compiled for the build machine's vector width: AVX-512 or AVX2+FMA when
-/proc/cpuinfo reports them (set BCODER_CPU_CAPABILITY=DEFAULT for a portable build).
+/proc/cpuinfo reports them (set BCODER_CPU_CAPABILITY=DEFAULT for a portable build; see
+csrc/cpu_flags.py).
 The CUDA kernels (csrc/bellman_cuda.cu) are added when the installed torch has CUDA and a CUDA
 toolkit is found (CUDA_HOME); their architectures follow TORCH_CUDA_ARCH_LIST.
 Build with `pip install --no-build-isolation -e .` so pip uses the installed torch.
 """
 import os
+import runpy
 
 import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 
-CPU_CAPABILITIES = {  # name: (cpuinfo flags required, compiler flags), best first
-    "AVX512": ({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"},
-               ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]),
-    "AVX2": ({"avx2", "fma", "f16c"}, ["-mavx2", "-mfma", "-mf16c"]),
-}
-
-
 def cpu_vector_flags():
-    """Compiler flags selecting ATen's at::vec implementation for this machine."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            available = set(f.read().split())
-    except OSError:
-        available = set()
-    wanted = os.environ.get("BCODER_CPU_CAPABILITY")
-    for name, (required, flags) in CPU_CAPABILITIES.items():
-        if (wanted == name) or (wanted is None and required <= available):
-            return flags + [f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"]
-    return []
+    """The at::vec flags for this CPU, shared with CMakeLists.txt (csrc/cpu_flags.py)."""
+    return runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu_flags.py"))[
+        "cpu_vector_flags"]()
 
 
 cpu_sources = ["csrc/ops.cpp", "csrc/bellman_cpu.cpp"]
