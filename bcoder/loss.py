@@ -61,8 +61,14 @@ def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_
         logits.reshape(batch * steps, vocab),
         None if ckpt_logits is None else ckpt_logits.reshape(batch * steps, vocab),
         torch.where(mask, actions, -1).reshape(-1), inplace_backward, backend)
-    row_max, shifted_lse, gathered, target = (s.view(batch, steps) for s in (row_max, shifted_lse, gathered, target))
+    stats = (s.view(batch, steps) for s in (row_max, shifted_lse, gathered, target))
+    return losses_from_stats(*stats, values, mask, rewards, is_ground_truth,
+                             gamma, alpha, beta_adv, beta_ce, r_max, operator)
 
+
+def losses_from_stats(row_max, shifted_lse, gathered, target, values, mask, rewards, is_ground_truth,
+                      gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0, operator="conservative"):
+    """The O(B*T) rest of the loss, from the [B, T] row statistics of the fused op (bcoder.ops)."""
     value = capped_value(values.to(row_max.dtype), r_max)
     shifted_logit = gathered - row_max  # l(s, a) - max_b l(s, b): exact at any logit offset
     adv = alpha * shifted_logit

@@ -2,22 +2,31 @@
 
 For row i of the [N, V] logits l (and the frozen checkpoint logits c), one pass gives
 
-    m_i   = max_k l[i, k]                      j_i = first k with l[i, k] == m_i
-    lse_i = log sum_k exp(l[i, k])             g_i = l[i, a_i]
-    h_i   = l[i, first argmax_k c[i, k]]       (h_i = m_i when c is None)
+    m_i = max_k l[i, k]                        j_i = first k with l[i, k] == m_i
+    s_i = log sum_k exp(l[i, k] - m_i)         g_i = l[i, a_i]
+    h_i = l[i, first argmax_k c[i, k]]         (h_i = m_i when c is None)
 
-and the gradient of any loss of (m, lse, g), given its gradients (dm, dlse, dg), is
+s_i (shifted_lse) is the log-normaliser relative to the max, in [0, log V], so that the
+cross-entropy s_i - (g_i - m_i) loses nothing to cancellation at large logit offsets. An all -inf
+row has m = s = -inf (argmax 0); a NaN makes m and s NaN; a +inf max (no NaN) gives m = +inf and
+s = NaN (inf - inf), as the reference does.
 
-    dl[i, k] = dlse_i * exp(l[i, k] - lse_i) + dg_i * [k == a_i] + dm_i * [k == j_i].
+Since d s_i / dl[i] = softmax(l[i]) - e_{j_i}, the gradient of any loss of (m, s, g), given its
+gradients (dm, ds, dg), is
 
-Rows with a_i < 0 are padding: their statistics and gradient are 0 (argmax 0). The dense term
-exists only where dlse_i != 0 (ground-truth rows with the cross-entropy term); the other rows
-cost no exp at all. Statistics are float64 for float64 logits and float32 otherwise.
+    dl[i, k] = ds_i * exp((l[i, k] - m_i) - s_i) + dg_i * [k == a_i] + (dm_i - ds_i) * [k == j_i]
 
-Ops (the contract's argument order; autograd is registered by bcoder/ops.py, not here):
-    bcoder::triton_bellman_stats(logits, ckpt_logits, actions) -> (max, argmax, lse, gathered, target)
-    bcoder::triton_bellman_stats_backward(logits, actions, argmax, lse, grad_max, grad_lse,
-                                          grad_gathered) -> grad
+with m_i = l[i, j_i] read back from the row (subtracting it before s_i keeps the softmax exact at
+any offset). Rows with a_i < 0 are padding: their statistics and gradient are 0 (argmax 0). The
+dense term exists only where ds_i != 0 (ground-truth rows with the cross-entropy term); the other
+rows read no logits and cost no exp. Statistics are float64 for float64 logits, float32 otherwise.
+
+Ops (the C++ op's schema; autograd is registered by bcoder/ops.py, not here):
+    bcoder::triton_bellman_stats(logits, ckpt_logits, actions, inplace_backward=False)
+        -> (max, argmax, shifted_lse, gathered, target)     inplace_backward is ignored here: it
+                                                            only steers the autograd formula
+    bcoder::triton_bellman_stats_backward(logits, actions, argmax, shifted_lse, grad_max,
+                                          grad_shifted_lse, grad_gathered) -> grad
     bcoder::triton_bellman_stats_backward_(...same...) -> ()   writes grad into `logits`
 
 CPU tensors run under Triton's interpreter, switched on by the environment variable
@@ -54,18 +63,19 @@ def _bellman_stats_forward_kernel(
     actions_ptr,
     max_ptr,
     argmax_ptr,
-    lse_ptr,
+    shifted_lse_ptr,
     gathered_ptr,
     target_ptr,
     V,
     HAS_CKPT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """One program per row: online max / first argmax / logsumexp over BLOCK-wide chunks.
+    """One program per row: online max / first argmax / shifted logsumexp over BLOCK-wide chunks.
 
     The running sum s holds sum_k exp(l[k] - shift) with shift = m, or 0 while m is infinite
-    (an all -inf prefix, or a +inf entry), so -inf - -inf never reaches exp. A NaN entry makes
-    s NaN, which is how the row's max and lse are forced to NaN.
+    (an all -inf prefix, or a +inf entry), so -inf - -inf never reaches exp. With m finite at the
+    end, shift = m and shifted_lse = log s exactly; an all -inf row leaves s = 0, log s = -inf. A
+    NaN entry makes s NaN, which is how the row's max and shifted_lse are forced to NaN.
     """
     row = tl.program_id(0).to(tl.int64)
     action = tl.load(actions_ptr + row)
@@ -73,7 +83,7 @@ def _bellman_stats_forward_kernel(
     if action < 0:
         tl.store(max_ptr + row, tl.zeros((), acc_dtype))
         tl.store(argmax_ptr + row, tl.zeros((), tl.int64))
-        tl.store(lse_ptr + row, tl.zeros((), acc_dtype))
+        tl.store(shifted_lse_ptr + row, tl.zeros((), acc_dtype))
         tl.store(gathered_ptr + row, tl.zeros((), acc_dtype))
         tl.store(target_ptr + row, tl.zeros((), acc_dtype))
         return
@@ -86,7 +96,6 @@ def _bellman_stats_forward_kernel(
 
     row_max = tl.full((), float("-inf"), acc_dtype)
     row_argmax = tl.zeros((), tl.int64)
-    shift = tl.zeros((), acc_dtype)
     sum_exp = tl.zeros((), acc_dtype)
     ckpt_max = tl.full((), float("-inf"), acc_dtype)
     ckpt_argmax = tl.zeros((), tl.int64)
@@ -105,14 +114,16 @@ def _bellman_stats_forward_kernel(
             tl.exp2((x - new_shift) * log2e), axis=0
         )
         row_max = new_max
-        shift = new_shift
         if HAS_CKPT:
             c = tl.load(ckpt_row + offsets, mask=in_row, other=float("-inf")).to(acc_dtype)
             c_max, c_argmax = tl.max(c, axis=0, return_indices=True, return_indices_tie_break_left=True)
             ckpt_argmax = tl.where(c_max > ckpt_max, start + c_argmax.to(tl.int64), ckpt_argmax)
             ckpt_max = tl.maximum(ckpt_max, c_max)
 
-    lse = shift + tl.log2(sum_exp) / log2e
+    # A +inf max was never a shift (s summed exp(l - 0) = inf); relative to it the normaliser is
+    # inf - inf = NaN, the reference's value, while the max itself stays +inf.
+    nan = tl.full((), float("nan"), acc_dtype)
+    shifted_lse = tl.where(row_max == float("inf"), nan, tl.log2(sum_exp) / log2e)
     row_max = tl.where(sum_exp != sum_exp, sum_exp, row_max)
     gathered = tl.load(logits_row + action).to(acc_dtype)
     if HAS_CKPT:
@@ -122,7 +133,7 @@ def _bellman_stats_forward_kernel(
         target = row_max
     tl.store(max_ptr + row, row_max)
     tl.store(argmax_ptr + row, row_argmax)
-    tl.store(lse_ptr + row, lse)
+    tl.store(shifted_lse_ptr + row, shifted_lse)
     tl.store(gathered_ptr + row, gathered)
     tl.store(target_ptr + row, target)
 
@@ -135,44 +146,53 @@ def _bellman_stats_backward_kernel(
     grad_row_stride,
     actions_ptr,
     argmax_ptr,
-    lse_ptr,
+    shifted_lse_ptr,
     grad_max_ptr,
-    grad_lse_ptr,
+    grad_shifted_lse_ptr,
     grad_gathered_ptr,
     V,
     BLOCK: tl.constexpr,
 ):
-    """One program per row: grad = dlse * exp(l - lse) + dg * e_a + dm * e_j, cast once.
+    """One program per row: grad = ds * exp((l - m) - s) + dg * e_a + (dm - ds) * e_j, cast once.
 
+    The sparse coefficients are summed in acc precision with the dense term before the cast.
     grad_ptr may alias logits_ptr (the in-place variant): each chunk is loaded before it is
-    stored, by the same program. Padding rows get zero coefficients, so they write zeros and
-    read only the [N] vectors.
+    stored, by the same program, and m = l[j] is read before the first store. Padding rows get
+    zero coefficients, so they write zeros and read only the [N] vectors; so do rows with ds = 0.
     """
     row = tl.program_id(0).to(tl.int64)
     action = tl.load(actions_ptr + row)
-    acc_dtype = lse_ptr.dtype.element_ty
+    acc_dtype = shifted_lse_ptr.dtype.element_ty
     zero = tl.zeros((), acc_dtype)
     is_token = action >= 0
-    grad_lse = tl.where(is_token, tl.load(grad_lse_ptr + row), zero)
+    grad_shifted_lse = tl.where(is_token, tl.load(grad_shifted_lse_ptr + row), zero)
     grad_gathered = tl.where(is_token, tl.load(grad_gathered_ptr + row), zero)
     grad_max = tl.where(is_token, tl.load(grad_max_ptr + row), zero)
     argmax = tl.load(argmax_ptr + row)
-    lse = tl.load(lse_ptr + row)
     log2e = tl.full((), LOG2E, acc_dtype)
 
     logits_row = logits_ptr + row * logits_row_stride
     grad_row = grad_ptr + row * grad_row_stride
+    if grad_shifted_lse != 0:
+        row_max = tl.load(logits_row + argmax).to(acc_dtype)
+        shifted_lse = tl.load(shifted_lse_ptr + row)
+        # In place, the chunk holding column j is overwritten by some warp of this program; no
+        # warp may store before every warp has read the max.
+        tl.debug_barrier()
+    else:
+        row_max = zero
+        shifted_lse = zero
     cols = tl.arange(0, BLOCK)
     for start in tl.range(0, V, BLOCK):
         offsets = start + cols
         in_row = offsets < V
-        if grad_lse != 0:
+        if grad_shifted_lse != 0:
             x = tl.load(logits_row + offsets, mask=in_row, other=0.0).to(acc_dtype)
-            grad = grad_lse * tl.exp2((x - lse) * log2e)
+            grad = grad_shifted_lse * tl.exp2(((x - row_max) - shifted_lse) * log2e)
         else:
             grad = tl.zeros((BLOCK,), acc_dtype)
         grad += tl.where(offsets == action, grad_gathered, zero)
-        grad += tl.where(offsets == argmax, grad_max, zero)
+        grad += tl.where(offsets == argmax, grad_max - grad_shifted_lse, zero)
         tl.store(grad_row + offsets, grad.to(grad_ptr.dtype.element_ty), mask=in_row)
 
 
@@ -227,9 +247,13 @@ def _launch(kernel, rows, *args, **meta):
 
 @triton_op("bcoder::triton_bellman_stats", mutates_args=())
 def _bellman_stats(
-    logits: torch.Tensor, ckpt_logits: Optional[torch.Tensor], actions: torch.Tensor
+    logits: torch.Tensor,
+    ckpt_logits: Optional[torch.Tensor],
+    actions: torch.Tensor,
+    inplace_backward: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(max, argmax, lse, gathered, target) per row of [N, V] logits; see the module docstring."""
+    """(max, argmax, shifted_lse, gathered, target) per row of [N, V] logits; see the module
+    docstring. inplace_backward only selects the in-place backward in bcoder/ops.py's autograd."""
     _check_logits("logits", logits)
     n, vocab = logits.shape
     if ckpt_logits is not None:
@@ -241,7 +265,7 @@ def _bellman_stats(
     acc_dtype = _ACC_DTYPE[logits.dtype]
     row_max = logits.new_empty(n, dtype=acc_dtype)
     argmax = logits.new_empty(n, dtype=torch.int64)
-    lse = logits.new_empty(n, dtype=acc_dtype)
+    shifted_lse = logits.new_empty(n, dtype=acc_dtype)
     gathered = logits.new_empty(n, dtype=acc_dtype)
     target = logits.new_empty(n, dtype=acc_dtype)
     if n > 0:
@@ -252,18 +276,19 @@ def _bellman_stats(
         _launch(
             _bellman_stats_forward_kernel, n,
             logits, logits.stride(0), ckpt, ckpt.stride(0), actions,
-            row_max, argmax, lse, gathered, target, vocab,
+            row_max, argmax, shifted_lse, gathered, target, vocab,
             HAS_CKPT=has_ckpt, BLOCK=block, num_warps=num_warps,
         )
-    return row_max, argmax, lse, gathered, target
+    return row_max, argmax, shifted_lse, gathered, target
 
 
-def _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered):
+def _check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered):
     """Checks the backward's arguments and returns its [N] ones contiguous."""
     _check_logits("logits", logits)
     n = logits.shape[0]
     acc_dtype = _ACC_DTYPE[logits.dtype]
-    stats = {"lse": lse, "grad_max": grad_max, "grad_lse": grad_lse, "grad_gathered": grad_gathered}
+    stats = {"shifted_lse": shifted_lse, "grad_max": grad_max, "grad_shifted_lse": grad_shifted_lse,
+             "grad_gathered": grad_gathered}
     return (
         _check_vector("actions", actions, n, torch.int64, logits.device),
         _check_vector("argmax", argmax, n, torch.int64, logits.device),
@@ -271,15 +296,15 @@ def _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_
     )
 
 
-def _launch_backward(logits, grad, actions, argmax, lse, grad_max, grad_lse, grad_gathered):
+def _launch_backward(logits, grad, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered):
     n, vocab = logits.shape
     if n == 0:
         return
     block, num_warps = _launch_config(vocab, logits.dtype)
     _launch(
         _bellman_stats_backward_kernel, n,
-        logits, logits.stride(0), grad, grad.stride(0), actions, argmax, lse,
-        grad_max, grad_lse, grad_gathered, vocab,
+        logits, logits.stride(0), grad, grad.stride(0), actions, argmax, shifted_lse,
+        grad_max, grad_shifted_lse, grad_gathered, vocab,
         BLOCK=block, num_warps=num_warps,
     )
 
@@ -289,13 +314,13 @@ def _bellman_stats_backward(
     logits: torch.Tensor,
     actions: torch.Tensor,
     argmax: torch.Tensor,
-    lse: torch.Tensor,
+    shifted_lse: torch.Tensor,
     grad_max: torch.Tensor,
-    grad_lse: torch.Tensor,
+    grad_shifted_lse: torch.Tensor,
     grad_gathered: torch.Tensor,
 ) -> torch.Tensor:
     """Gradient [N, V] (logits' dtype, contiguous) of the statistics; see the module docstring."""
-    vectors = _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
+    vectors = _check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered)
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _launch_backward(logits, grad, *vectors)
     return grad
@@ -306,13 +331,13 @@ def _bellman_stats_backward_(
     logits: torch.Tensor,
     actions: torch.Tensor,
     argmax: torch.Tensor,
-    lse: torch.Tensor,
+    shifted_lse: torch.Tensor,
     grad_max: torch.Tensor,
-    grad_lse: torch.Tensor,
+    grad_shifted_lse: torch.Tensor,
     grad_gathered: torch.Tensor,
 ) -> None:
     """The backward written into `logits` itself: saves the [N, V] gradient allocation."""
-    vectors = _check_backward_args(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
+    vectors = _check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered)
     _launch_backward(logits, logits, *vectors)
 
 
