@@ -43,5 +43,5 @@ setup(
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
     install_requires=["torch>=2.4", "numpy", "tqdm"],
-    extras_require={"test": ["pytest", "expecttest"], "bench": ["pytest-benchmark"]},
+    extras_require={"test": ["pytest", "expecttest", "triton"]},
 )
