@@ -12,10 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-# SPEC section 1: terminal rewards by execution outcome.
-REWARDS = {"passed": 1.0, "failed": -0.3, "runtime_error": -0.6, "compile_error": -1.0}
-
-
 def softabs(x):
     """softabs(x) = (softplus(x) + softplus(-x)) / 2 - ln 2: smooth |x|, softabs(0) = 0."""
     return (F.softplus(x) + F.softplus(-x)) / 2 - math.log(2.0)

@@ -187,7 +187,8 @@ def _bellman_stats_backward_kernel(
         offsets = start + cols
         in_row = offsets < V
         if grad_shifted_lse != 0:
-            x = tl.load(logits_row + offsets, mask=in_row, other=0.0).to(acc_dtype)
+            # Columns past the row read -inf: exp2(-inf) = 0, no overflow in lanes never stored.
+            x = tl.load(logits_row + offsets, mask=in_row, other=float("-inf")).to(acc_dtype)
             grad = grad_shifted_lse * tl.exp2(((x - row_max) - shifted_lse) * log2e)
         else:
             grad = tl.zeros((BLOCK,), acc_dtype)
