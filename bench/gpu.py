@@ -32,6 +32,7 @@ import triton.testing  # noqa: E402
 import bcoder  # noqa: E402
 from bcoder import reference  # noqa: E402
 from bcoder.kernels import bellman as triton_bellman  # noqa: E402
+from bcoder.sandbox.schema import REWARDS  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -87,7 +88,7 @@ def make_inputs(programs, steps, vocab, dtype, device):
     lengths = torch.randint(steps // 2, steps + 1, (programs,), device=device)
     lengths[0] = steps
     mask = torch.arange(steps, device=device) < lengths.unsqueeze(1)
-    outcomes = torch.tensor(list(reference.REWARDS.values()), device=device)
+    outcomes = torch.tensor(list(REWARDS.values()), device=device)
     rewards = outcomes[torch.randint(0, len(outcomes), (programs,), device=device)]
     is_ground_truth = torch.arange(programs, device=device) % 2 == 0
     return dict(logits=logits, ckpt_logits=ckpt_logits, values=values, actions=actions, mask=mask,
@@ -146,7 +147,7 @@ def kernel_parity(inputs, dtype_name):
     exact = errors[0] == errors[1] == errors[3] == errors[4] == 0
     ok = exact and errors[2] <= 1e-4 * (1 + oracle[2].abs().max().item())
     return [["triton op stats", dtype_name, f"max/argmax/gathered/target {max(errors[:2] + errors[3:]):.1e}",
-             f"lse {errors[2]:.2e}", "", "PASS" if ok else "FAIL"]]
+             f"shifted_lse {errors[2]:.2e}", "", "PASS" if ok else "FAIL"]]
 
 
 def time_loss(backend, inputs, bandwidth):
@@ -163,7 +164,7 @@ def time_loss(backend, inputs, bandwidth):
 
 
 def kernel_ops(use_cuda_kernel):
-    """name -> (forward(logits, ckpt, actions), backward(logits, actions, argmax, lse, dm, dlse, dg))."""
+    """name -> (forward(logits, ckpt, actions), backward(logits, actions, argmax, shifted_lse, dm, ds, dg))."""
     ops = {"triton": (triton_bellman.stats, triton_bellman.stats_backward)}
     if use_cuda_kernel:
         ops["cuda"] = (lambda logits, ckpt, actions: torch.ops.bcoder.bellman_stats(logits, ckpt, actions, False),
@@ -173,7 +174,7 @@ def kernel_ops(use_cuda_kernel):
 
 def time_kernels(ops, inputs, bandwidth):
     """Each backend's forward and backward op alone, with the loss's gradient pattern: dense rows
-    (grad_lse != 0) on ground-truth programs, two non-zeros elsewhere, padding rows zero."""
+    (grad_shifted_lse != 0) on ground-truth programs, two non-zeros elsewhere, padding rows zero."""
     logits = inputs["logits"].detach().flatten(0, 1)
     ckpt = inputs["ckpt_logits"].flatten(0, 1)
     actions = torch.where(inputs["mask"], inputs["actions"], -1).flatten()
@@ -182,11 +183,12 @@ def time_kernels(ops, inputs, bandwidth):
     nbytes = logits.numel() * logits.element_size()
     rows = []
     for name, (forward, backward) in ops.items():
-        _, argmax, lse, _, _ = forward(logits, ckpt, actions)
-        grad_max, grad_gathered = -torch.ones_like(lse), torch.ones_like(lse)
-        grad_lse = dense.to(lse.dtype)
+        _, argmax, shifted_lse, _, _ = forward(logits, ckpt, actions)
+        grad_max, grad_gathered = -torch.ones_like(shifted_lse), torch.ones_like(shifted_lse)
+        grad_shifted_lse = dense.to(shifted_lse.dtype)
         forward_ms = median_ms(lambda: forward(logits, ckpt, actions))
-        backward_ms = median_ms(lambda: backward(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered))
+        backward_ms = median_ms(
+            lambda: backward(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered))
         passes = (("forward", forward_ms, 2 * nbytes), ("backward", backward_ms, nbytes * (1 + dense_fraction)))
         for kernel, ms, moved in passes:
             rate = moved / (ms * 1e-3)
