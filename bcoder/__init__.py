@@ -4,14 +4,21 @@ Importing `bcoder` is cheap and does not import torch: the sandbox forks untrust
 programs from processes that must stay light. The loss API loads on first use.
 """
 
-_LOSS_API = ("bellman_loss", "token_rewards", "BellmanLoss", "BellmanLossOutput")
+# public name -> the bcoder module defining it, imported on first access
+_LAZY_API = {
+    "bellman_loss": "loss",
+    "token_rewards": "loss",
+    "BellmanLoss": "loss",
+    "BellmanLossOutput": "loss",
+    "bellman_loss_from_hidden": "fused_head",
+}
 
-__all__ = list(_LOSS_API)
+__all__ = list(_LAZY_API)
 
 
 def __getattr__(name):
-    if name in _LOSS_API:
-        from bcoder import loss
+    if name in _LAZY_API:
+        import importlib
 
-        return getattr(loss, name)
+        return getattr(importlib.import_module(f"bcoder.{_LAZY_API[name]}"), name)
     raise AttributeError(f"module 'bcoder' has no attribute {name!r}")
