@@ -85,7 +85,8 @@ HOSTILE = {
         f"                    lambda: os.chmod({str(VICTIM)!r}, 0o777),\n"
         f"                    lambda: open({str(VICTIM_DIR / 'new.txt')!r}, 'w').write('x'),\n"
         f"                    lambda: open({str(Path(__file__))!r}, 'a').write('x')):\n"
-        "        try: attempt()\n        except PermissionError: denied += 1\n    return denied",
+        # Not found counts as denied: a checkout under /tmp is hidden by the sandbox's private /tmp.
+        "        try: attempt()\n        except (PermissionError, FileNotFoundError): denied += 1\n    return denied",
         UnitTests([ValueTest("f(0)", 5)]), "passed"),
     "files_in_workdir_and_tmp": (f"import os\nopen('local.txt', 'w').write('ok')\nopen('/tmp/{MARKER}', 'w').write('x')\n"
                                  f"open('/dev/shm/{MARKER}', 'w').write('x')" + F, DOUBLE, "passed"),
