@@ -16,8 +16,9 @@ one-hidden-layer MLP u(x) = w2 . gelu(W1 x + b1) + b2 by default: the paper (App
 head unspecified, and a non-linear layer lets a head regress returns from features trained for
 next-token prediction while costing O(d_model^2), nothing next to a decoder. "linear" is u = w . x + b.
 
-Memory: theta_ckpt, phi and theta hold three decoders; the encoder and theta_ckpt's embedding
-(shared with its tied LM head) exist once. Frozen parts run in eval mode and under no_grad.
+Memory: theta_ckpt, phi and theta hold three decoders, each with its own input embedding (trained
+with its decoder; tied to the LM head where the checkpoint ties them). The encoder exists once and
+shares theta_ckpt's embedding. Frozen parts run in eval mode and under no_grad.
 """
 import copy
 import json
@@ -144,7 +145,8 @@ class QModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         save_model(self, str(directory / WEIGHTS_FILE))
         meta = {"qmodel": asdict(self.config), "t5": self.ckpt.config.to_dict(),
-                "generation": self.ckpt.generation_config.to_dict(), "dtype": str(self.ckpt.dtype).removeprefix("torch.")}
+                "generation": self.ckpt.generation_config.to_dict(),
+                "dtype": str(self.ckpt.dtype).removeprefix("torch.")}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -214,6 +216,7 @@ class QModel(nn.Module):
 
     @property
     def ckpt_lm_head_weight(self):
+        """[V, H] weight of theta_ckpt's frozen LM head."""
         return self.ckpt.lm_head.weight
 
     @property
@@ -230,13 +233,16 @@ class QModel(nn.Module):
         once and feeds every decoder. return_logits=False skips the [B, T, V] logits (for the fused
         LM-head loss, which takes return_hidden=True's hidden states and the LM-head weights).
         """
-        if return_hidden is False and return_logits is False:
+        if not (return_logits or return_hidden):
             raise ValueError("nothing to return: ask for return_logits and/or return_hidden")
         with torch.no_grad():
             encoded = self.encoder(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
             decoder_input = self.ckpt._shift_right(programs)
-            decode = lambda decoder: decoder(input_ids=decoder_input, encoder_hidden_states=encoded,
-                                             encoder_attention_mask=prompt_mask, use_cache=False).last_hidden_state
+
+            def decode(decoder):  # in the grad mode of its caller: the trained decoder runs outside no_grad
+                return decoder(input_ids=decoder_input, encoder_hidden_states=encoded,
+                               encoder_attention_mask=prompt_mask, use_cache=False).last_hidden_state
+
             ckpt_hidden = decode(self.ckpt.decoder) * self.output_scale
             ckpt_logits = self.ckpt.lm_head(ckpt_hidden) if return_logits else None
             if self.stage == "theta" and self.config.init_value_from_phi:
@@ -313,7 +319,8 @@ def _require_files(directory, names, what):
     missing = [name for name in names if not (directory / name).is_file()]
     if missing:
         found = sorted(p.name for p in directory.iterdir())
-        raise FileNotFoundError(f"{directory} is not {what}: missing {', '.join(missing)} (found: {found or 'nothing'})")
+        raise FileNotFoundError(f"{directory} is not {what}: missing {', '.join(missing)} "
+                                f"(found: {found or 'nothing'})")
 
 
 def _load_t5_checkpoint(directory, dtype):

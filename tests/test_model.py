@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
+from bcoder.fused_head import bellman_loss_from_hidden
 from bcoder.loss import bellman_loss
 from bcoder.model import QModel, QModelConfig, program_mask
 
@@ -138,6 +139,23 @@ def test_hidden_times_lm_head_weight_is_logits(stage):
     assert torch.equal(out.ckpt_hidden @ model.ckpt_lm_head_weight.T, out.ckpt_logits)
     lean = model(*batch()[:3], return_logits=False, return_hidden=True)
     assert lean.logits is None and lean.ckpt_logits is None and torch.equal(lean.hidden, out.hidden)
+
+
+@pytest.mark.parametrize("stage", ["phi", "theta"])
+def test_fused_head_loss_from_hidden_matches_logits(stage):
+    """The lean path (no logits) gives the loss and parameter gradients of the logits path."""
+    model = tiny_qmodel(stage).eval()
+    prompt_ids, prompt_mask, programs, rewards, is_ground_truth = batch()
+    out = model(prompt_ids, prompt_mask, programs)
+    loss_of(out, programs, rewards, is_ground_truth, stage).backward()
+    expected = [p.grad.clone() for p in model.trainable_parameters()]
+    model.zero_grad()
+    lean = model(prompt_ids, prompt_mask, programs, return_logits=False, return_hidden=True)
+    bellman_loss_from_hidden(lean.hidden, model.lm_head_weight, lean.ckpt_hidden if stage == "theta" else None,
+                             model.ckpt_lm_head_weight if stage == "theta" else None, lean.values, programs,
+                             program_mask(programs, EOS), rewards, is_ground_truth, backend="reference").loss.backward()
+    for want, p in zip(expected, model.trainable_parameters()):
+        assert torch.allclose(p.grad, want, rtol=1e-4, atol=1e-6)
 
 
 def test_save_load_round_trip(tmp_path):
