@@ -6,11 +6,13 @@
 // every row still gets vector loads. Each thread sees its columns in increasing order, which
 // makes "first maximum" a strict `>` inside a thread and "lowest column on ties" across threads.
 //
-// Logsumexp is computed online: a thread keeps its running max m and s = sum exp(x - m); a chunk
-// of values raises m to m' and rescales s by exp(m - m') once, then adds exp(x - m') per value.
-// Two partial states merge as m = max(m1, m2), s = s1 exp(m1 - m) + s2 exp(m2 - m). While m is
+// The shifted logsumexp log sum exp(x - max) is computed online: a thread keeps its running max m
+// and s = sum exp(x - m); a chunk of values raises m to m' and rescales s by exp(m - m') once,
+// then adds exp(x - m') per value. Two partial states merge as m = max(m1, m2),
+// s = s1 exp(m1 - m) + s2 exp(m2 - m). At the end the result is log s itself, with no max added
+// back, so the cross-entropy built from it keeps full precision at any logit offset. While m is
 // -inf nothing finite was seen and s stays 0, so -inf rows or blocks never form -inf - -inf.
-// NaN never wins a `>` comparison: it is tracked by a flag and forces max and lse to NaN.
+// NaN never wins a `>` comparison: it is tracked by a flag and forces max and shifted_lse to NaN.
 #include "bellman_cuda.h"
 
 #include <cuda_bf16.h>
@@ -61,9 +63,10 @@ __device__ __forceinline__ double log_acc(double x) { return log(x); }
 template <typename A> __device__ __forceinline__ A nan_value();
 template <> __device__ __forceinline__ float nan_value<float>() { return CUDART_NAN_F; }
 template <> __device__ __forceinline__ double nan_value<double>() { return CUDART_NAN; }
-template <typename A> __device__ __forceinline__ A neg_inf();
-template <> __device__ __forceinline__ float neg_inf<float>() { return -CUDART_INF_F; }
-template <> __device__ __forceinline__ double neg_inf<double>() { return -CUDART_INF; }
+template <typename A> __device__ __forceinline__ A pos_inf();
+template <> __device__ __forceinline__ float pos_inf<float>() { return CUDART_INF_F; }
+template <> __device__ __forceinline__ double pos_inf<double>() { return CUDART_INF; }
+template <typename A> __device__ __forceinline__ A neg_inf() { return -pos_inf<A>(); }
 
 // 16 bytes of consecutive elements, moved as one 128-bit load or store.
 template <typename T>
@@ -152,7 +155,7 @@ struct ArgMax {
   __device__ int column_or_zero() const { return column == kNoColumn ? 0 : column; }
 };
 
-// Online max / argmax / logsumexp / NaN state of a part of one row.
+// Online max / argmax / shifted logsumexp / NaN state of a part of one row.
 template <typename A>
 struct RowStats {
   ArgMax<A> best;
@@ -191,10 +194,11 @@ struct RowStats {
 
   __device__ A max() const { return saw_nan ? nan_value<A>() : best.value; }
 
-  // lse = m + log(s), s >= 1 once m is finite; an infinite m is the lse itself.
-  __device__ A lse() const {
-    if (saw_nan) return nan_value<A>();
-    return isinf(best.value) ? best.value : best.value + log_acc(scaled_sum);
+  // shifted_lse = log s, s >= 1 once m is finite; -inf for an all -inf row. A +inf max gives
+  // NaN, as the reference's inf - inf does (the sum held exp(inf - inf) = NaN anyway).
+  __device__ A shifted_lse() const {
+    if (saw_nan || best.value == pos_inf<A>()) return nan_value<A>();
+    return best.value == neg_inf<A>() ? best.value : log_acc(scaled_sum);
   }
 };
 
@@ -271,7 +275,7 @@ template <typename T>
 __global__ void __launch_bounds__(kMaxThreads) bellman_stats_forward_kernel(
     int vocab, const T* __restrict__ logits, int64_t logits_row_stride, const T* __restrict__ ckpt_logits,
     int64_t ckpt_row_stride, const int64_t* __restrict__ actions, acc_t<T>* __restrict__ max_out,
-    int64_t* __restrict__ argmax_out, acc_t<T>* __restrict__ lse_out, acc_t<T>* __restrict__ gathered_out,
+    int64_t* __restrict__ argmax_out, acc_t<T>* __restrict__ shifted_lse_out, acc_t<T>* __restrict__ gathered_out,
     acc_t<T>* __restrict__ target_out) {
   using A = acc_t<T>;
   __shared__ RowStats<A> stats_per_warp[kMaxWarps];
@@ -281,7 +285,7 @@ __global__ void __launch_bounds__(kMaxThreads) bellman_stats_forward_kernel(
   const int64_t action = actions[row];
   if (action < 0) {  // padding; the whole block leaves before any barrier
     if (threadIdx.x == 0) {
-      max_out[row] = lse_out[row] = gathered_out[row] = target_out[row] = A(0);
+      max_out[row] = shifted_lse_out[row] = gathered_out[row] = target_out[row] = A(0);
       argmax_out[row] = 0;
     }
     return;
@@ -307,7 +311,7 @@ __global__ void __launch_bounds__(kMaxThreads) bellman_stats_forward_kernel(
   if (threadIdx.x == 0) {
     max_out[row] = stats.max();
     argmax_out[row] = stats.best.column_or_zero();
-    lse_out[row] = stats.lse();
+    shifted_lse_out[row] = stats.shifted_lse();
     gathered_out[row] = gathered;
     target_out[row] = target;
   }
@@ -316,26 +320,29 @@ __global__ void __launch_bounds__(kMaxThreads) bellman_stats_forward_kernel(
 // Per-row gradient coefficients; see bellman_stats_backward in bellman_cuda.h.
 template <typename A>
 struct GradientRow {
-  A grad_lse;
-  A lse;
+  A grad_shifted_lse;
+  A row_max;      // x[argmax], read back from the row (dense rows only)
+  A shifted_lse;  // dense rows only
   A grad_gathered;
   int64_t action;
   A grad_max;
   int64_t argmax;
 
-  // The sparse terms are added in acc precision before the single cast, in the oracle's order.
+  // softmax = exp((x - max) - shifted_lse): the max goes first, so the difference is exact at
+  // any logit offset. The sparse terms are added in acc precision before the single cast, in the
+  // oracle's order; d shifted_lse / dx = softmax - e_argmax puts -grad_shifted_lse at the argmax.
   template <bool kDense>
   __device__ __forceinline__ A at(A x, int col) const {
-    A g = kDense ? grad_lse * exp_acc(x - lse) : A(0);
+    A g = kDense ? grad_shifted_lse * exp_acc((x - row_max) - shifted_lse) : A(0);
     if (col == action) g += grad_gathered;
-    if (col == argmax) g += grad_max;
+    if (col == argmax) g += grad_max - grad_shifted_lse;
     return g;
   }
 };
 
 // How a row's logits are read when writing its gradient.
 enum class LogitsRead {
-  kNone,     // grad_lse == 0 (or padding): only the sparse columns are non-zero
+  kNone,     // grad_shifted_lse == 0 (or padding): only the sparse columns are non-zero
   kVector,   // logits and grad rows share their 16-byte misalignment
   kScalar,   // they do not: vector stores, element-wise loads
 };
@@ -378,21 +385,27 @@ __device__ __forceinline__ void write_gradient_row(const T* x, T* out, int vocab
 template <typename T>
 __global__ void __launch_bounds__(kMaxThreads) bellman_stats_backward_kernel(
     int vocab, const T* logits, int64_t logits_row_stride, const int64_t* __restrict__ actions,
-    const int64_t* __restrict__ argmax, const acc_t<T>* __restrict__ lse, const acc_t<T>* __restrict__ grad_max,
-    const acc_t<T>* __restrict__ grad_lse, const acc_t<T>* __restrict__ grad_gathered, T* grad,
-    int64_t grad_row_stride) {
+    const int64_t* __restrict__ argmax, const acc_t<T>* __restrict__ shifted_lse,
+    const acc_t<T>* __restrict__ grad_max, const acc_t<T>* __restrict__ grad_shifted_lse,
+    const acc_t<T>* __restrict__ grad_gathered, T* grad, int64_t grad_row_stride) {
   using A = acc_t<T>;
   const int64_t row = blockIdx.x;
   const T* x = logits + row * logits_row_stride;
   T* out = grad + row * grad_row_stride;
   const int64_t action = actions[row];
   // A padding row gets all-zero coefficients (and column -1 for both sparse terms): zeros.
-  GradientRow<A> coefficients = {A(0), A(0), A(0), -1, A(0), -1};
+  GradientRow<A> coefficients = {A(0), A(0), A(0), A(0), -1, A(0), -1};
   if (action >= 0) {
-    coefficients = {grad_lse[row], A(0), grad_gathered[row], action, grad_max[row], argmax[row]};
-    if (coefficients.grad_lse != A(0)) coefficients.lse = lse[row];
+    coefficients = {grad_shifted_lse[row], A(0), A(0), grad_gathered[row], action, grad_max[row], argmax[row]};
   }
-  if (coefficients.grad_lse == A(0)) {
+  if (coefficients.grad_shifted_lse != A(0)) {  // the same for every thread of the block
+    coefficients.row_max = to_acc(x[coefficients.argmax]);
+    coefficients.shifted_lse = shifted_lse[row];
+    // In place, the thread owning the argmax column overwrites it: every thread reads the max
+    // before any thread writes.
+    __syncthreads();
+  }
+  if (coefficients.grad_shifted_lse == A(0)) {
     write_gradient_row<LogitsRead::kNone>(x, out, vocab, coefficients);
   } else if (misalignment_in_elements(x) == misalignment_in_elements(out)) {
     write_gradient_row<LogitsRead::kVector>(x, out, vocab, coefficients);
@@ -417,26 +430,26 @@ bool launchable(int64_t num_rows, int64_t vocab) {
 template <typename T>
 cudaError_t launch_forward(int64_t num_rows, int64_t vocab, const void* logits, int64_t logits_row_stride,
                            const void* ckpt_logits, int64_t ckpt_row_stride, const int64_t* actions, void* max,
-                           int64_t* argmax, void* lse, void* gathered, void* target, cudaStream_t stream) {
+                           int64_t* argmax, void* shifted_lse, void* gathered, void* target, cudaStream_t stream) {
   using A = acc_t<T>;
   const int threads = threads_for_row(vocab, Vector<T>::kSize);
   bellman_stats_forward_kernel<T><<<static_cast<unsigned>(num_rows), threads, 0, stream>>>(
       static_cast<int>(vocab), static_cast<const T*>(logits), logits_row_stride,
       static_cast<const T*>(ckpt_logits), ckpt_row_stride, actions, static_cast<A*>(max), argmax,
-      static_cast<A*>(lse), static_cast<A*>(gathered), static_cast<A*>(target));
+      static_cast<A*>(shifted_lse), static_cast<A*>(gathered), static_cast<A*>(target));
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch_backward(int64_t num_rows, int64_t vocab, const void* logits, int64_t logits_row_stride,
-                            const int64_t* actions, const int64_t* argmax, const void* lse, const void* grad_max,
-                            const void* grad_lse, const void* grad_gathered, void* grad, int64_t grad_row_stride,
-                            cudaStream_t stream) {
+                            const int64_t* actions, const int64_t* argmax, const void* shifted_lse,
+                            const void* grad_max, const void* grad_shifted_lse, const void* grad_gathered,
+                            void* grad, int64_t grad_row_stride, cudaStream_t stream) {
   using A = acc_t<T>;
   const int threads = threads_for_row(vocab, Vector<T>::kSize);
   bellman_stats_backward_kernel<T><<<static_cast<unsigned>(num_rows), threads, 0, stream>>>(
       static_cast<int>(vocab), static_cast<const T*>(logits), logits_row_stride, actions, argmax,
-      static_cast<const A*>(lse), static_cast<const A*>(grad_max), static_cast<const A*>(grad_lse),
+      static_cast<const A*>(shifted_lse), static_cast<const A*>(grad_max), static_cast<const A*>(grad_shifted_lse),
       static_cast<const A*>(grad_gathered), static_cast<T*>(grad), grad_row_stride);
   return cudaGetLastError();
 }
@@ -445,47 +458,49 @@ cudaError_t launch_backward(int64_t num_rows, int64_t vocab, const void* logits,
 
 cudaError_t bellman_stats_forward(LogitsDtype dtype, int64_t num_rows, int64_t vocab, const void* logits,
                                   int64_t logits_row_stride, const void* ckpt_logits, int64_t ckpt_row_stride,
-                                  const int64_t* actions, void* max, int64_t* argmax, void* lse, void* gathered,
-                                  void* target, cudaStream_t stream) {
+                                  const int64_t* actions, void* max, int64_t* argmax, void* shifted_lse,
+                                  void* gathered, void* target, cudaStream_t stream) {
   if (num_rows == 0) return cudaSuccess;
   if (!launchable(num_rows, vocab)) return cudaErrorInvalidValue;
   switch (dtype) {
     case LogitsDtype::kFloat16:
       return launch_forward<__half>(num_rows, vocab, logits, logits_row_stride, ckpt_logits, ckpt_row_stride,
-                                    actions, max, argmax, lse, gathered, target, stream);
+                                    actions, max, argmax, shifted_lse, gathered, target, stream);
     case LogitsDtype::kBFloat16:
       return launch_forward<__nv_bfloat16>(num_rows, vocab, logits, logits_row_stride, ckpt_logits,
-                                           ckpt_row_stride, actions, max, argmax, lse, gathered, target, stream);
+                                           ckpt_row_stride, actions, max, argmax, shifted_lse, gathered, target,
+                                           stream);
     case LogitsDtype::kFloat32:
       return launch_forward<float>(num_rows, vocab, logits, logits_row_stride, ckpt_logits, ckpt_row_stride,
-                                   actions, max, argmax, lse, gathered, target, stream);
+                                   actions, max, argmax, shifted_lse, gathered, target, stream);
     case LogitsDtype::kFloat64:
       return launch_forward<double>(num_rows, vocab, logits, logits_row_stride, ckpt_logits, ckpt_row_stride,
-                                    actions, max, argmax, lse, gathered, target, stream);
+                                    actions, max, argmax, shifted_lse, gathered, target, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 cudaError_t bellman_stats_backward(LogitsDtype dtype, int64_t num_rows, int64_t vocab, const void* logits,
                                    int64_t logits_row_stride, const int64_t* actions, const int64_t* argmax,
-                                   const void* lse, const void* grad_max, const void* grad_lse,
+                                   const void* shifted_lse, const void* grad_max, const void* grad_shifted_lse,
                                    const void* grad_gathered, void* grad, int64_t grad_row_stride,
                                    cudaStream_t stream) {
   if (num_rows == 0) return cudaSuccess;
   if (!launchable(num_rows, vocab)) return cudaErrorInvalidValue;
   switch (dtype) {
     case LogitsDtype::kFloat16:
-      return launch_backward<__half>(num_rows, vocab, logits, logits_row_stride, actions, argmax, lse, grad_max,
-                                     grad_lse, grad_gathered, grad, grad_row_stride, stream);
+      return launch_backward<__half>(num_rows, vocab, logits, logits_row_stride, actions, argmax, shifted_lse,
+                                     grad_max, grad_shifted_lse, grad_gathered, grad, grad_row_stride, stream);
     case LogitsDtype::kBFloat16:
-      return launch_backward<__nv_bfloat16>(num_rows, vocab, logits, logits_row_stride, actions, argmax, lse,
-                                            grad_max, grad_lse, grad_gathered, grad, grad_row_stride, stream);
+      return launch_backward<__nv_bfloat16>(num_rows, vocab, logits, logits_row_stride, actions, argmax,
+                                            shifted_lse, grad_max, grad_shifted_lse, grad_gathered, grad,
+                                            grad_row_stride, stream);
     case LogitsDtype::kFloat32:
-      return launch_backward<float>(num_rows, vocab, logits, logits_row_stride, actions, argmax, lse, grad_max,
-                                    grad_lse, grad_gathered, grad, grad_row_stride, stream);
+      return launch_backward<float>(num_rows, vocab, logits, logits_row_stride, actions, argmax, shifted_lse,
+                                    grad_max, grad_shifted_lse, grad_gathered, grad, grad_row_stride, stream);
     case LogitsDtype::kFloat64:
-      return launch_backward<double>(num_rows, vocab, logits, logits_row_stride, actions, argmax, lse, grad_max,
-                                     grad_lse, grad_gathered, grad, grad_row_stride, stream);
+      return launch_backward<double>(num_rows, vocab, logits, logits_row_stride, actions, argmax, shifted_lse,
+                                     grad_max, grad_shifted_lse, grad_gathered, grad, grad_row_stride, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -82,58 +82,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bellman_s
   const at::TensorOptions acc_options = logits.options().dtype(acc_dtype(logits));
   at::Tensor max = at::empty({num_rows}, acc_options);
   at::Tensor argmax = at::empty({num_rows}, logits.options().dtype(at::kLong));
-  at::Tensor lse = at::empty({num_rows}, acc_options);
+  at::Tensor shifted_lse = at::empty({num_rows}, acc_options);
   at::Tensor gathered = at::empty({num_rows}, acc_options);
   at::Tensor target = at::empty({num_rows}, acc_options);
   check_launch(cuda::bellman_stats_forward(
                    logits_dtype(logits), num_rows, logits.size(1), logits.const_data_ptr(), logits.stride(0),
                    ckpt_logits.defined() ? ckpt_logits.const_data_ptr() : nullptr,
                    ckpt_logits.defined() ? ckpt_logits.stride(0) : 0, actions.const_data_ptr<int64_t>(),
-                   max.mutable_data_ptr(), argmax.mutable_data_ptr<int64_t>(), lse.mutable_data_ptr(),
+                   max.mutable_data_ptr(), argmax.mutable_data_ptr<int64_t>(), shifted_lse.mutable_data_ptr(),
                    gathered.mutable_data_ptr(), target.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
                "bellman_stats");
-  return {max, argmax, lse, gathered, target};
+  return {max, argmax, shifted_lse, gathered, target};
 }
 
 // Checks the backward's per-row inputs and writes the gradient of `logits` into `grad`
 // (which may be `logits` itself).
 void launch_backward(const at::Tensor& logits, const at::Tensor& actions_arg, const at::Tensor& argmax_arg,
-                     const at::Tensor& lse_arg, const at::Tensor& grad_max_arg, const at::Tensor& grad_lse_arg,
-                     const at::Tensor& grad_gathered_arg, const at::Tensor& grad, const char* op) {
+                     const at::Tensor& shifted_lse_arg, const at::Tensor& grad_max_arg,
+                     const at::Tensor& grad_shifted_lse_arg, const at::Tensor& grad_gathered_arg,
+                     const at::Tensor& grad, const char* op) {
   const at::ScalarType acc = acc_dtype(logits);
   const at::Tensor actions = per_row(actions_arg, logits, at::kLong, "actions");
   const at::Tensor argmax = per_row(argmax_arg, logits, at::kLong, "argmax");
-  const at::Tensor lse = per_row(lse_arg, logits, acc, "lse");
+  const at::Tensor shifted_lse = per_row(shifted_lse_arg, logits, acc, "shifted_lse");
   const at::Tensor grad_max = per_row(grad_max_arg, logits, acc, "grad_max");
-  const at::Tensor grad_lse = per_row(grad_lse_arg, logits, acc, "grad_lse");
+  const at::Tensor grad_shifted_lse = per_row(grad_shifted_lse_arg, logits, acc, "grad_shifted_lse");
   const at::Tensor grad_gathered = per_row(grad_gathered_arg, logits, acc, "grad_gathered");
 
   const c10::cuda::CUDAGuard device_guard(logits.device());
   check_launch(cuda::bellman_stats_backward(
                    logits_dtype(logits), logits.size(0), logits.size(1), logits.const_data_ptr(), logits.stride(0),
-                   actions.const_data_ptr<int64_t>(), argmax.const_data_ptr<int64_t>(), lse.const_data_ptr(),
-                   grad_max.const_data_ptr(), grad_lse.const_data_ptr(), grad_gathered.const_data_ptr(),
+                   actions.const_data_ptr<int64_t>(), argmax.const_data_ptr<int64_t>(),
+                   shifted_lse.const_data_ptr(), grad_max.const_data_ptr(), grad_shifted_lse.const_data_ptr(),
+                   grad_gathered.const_data_ptr(),
                    grad.mutable_data_ptr(), grad.stride(0), c10::cuda::getCurrentCUDAStream()),
                op);
 }
 
 at::Tensor bellman_stats_backward_cuda(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
-                                       const at::Tensor& lse, const at::Tensor& grad_max, const at::Tensor& grad_lse,
-                                       const at::Tensor& grad_gathered) {
+                                       const at::Tensor& shifted_lse, const at::Tensor& grad_max,
+                                       const at::Tensor& grad_shifted_lse, const at::Tensor& grad_gathered) {
   check_logits(logits, "logits");
   at::Tensor grad = at::empty(logits.sizes(), logits.options());  // contiguous, row stride V
-  launch_backward(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered, grad, "bellman_stats_backward");
+  launch_backward(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered, grad,
+                  "bellman_stats_backward");
   return grad;
 }
 
 void bellman_stats_backward_cuda_(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
-                                  const at::Tensor& lse, const at::Tensor& grad_max, const at::Tensor& grad_lse,
-                                  const at::Tensor& grad_gathered) {
+                                  const at::Tensor& shifted_lse, const at::Tensor& grad_max,
+                                  const at::Tensor& grad_shifted_lse, const at::Tensor& grad_gathered) {
   check_logits(logits, "logits");
   // Rows are written: overlapping (e.g. expanded) rows would be written by several blocks.
   TORCH_CHECK(logits.size(0) <= 1 || logits.stride(0) >= logits.size(1),
               "bcoder::bellman_stats_backward_: logits rows must not overlap, got strides ", logits.strides());
-  launch_backward(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered, logits, "bellman_stats_backward_");
+  launch_backward(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered, logits,
+                  "bellman_stats_backward_");
 }
 
 }  // namespace

@@ -2,9 +2,11 @@
 // Exits 77 (ctest SKIP_RETURN_CODE) when no CUDA device is usable, 1 on a mismatch.
 //
 // Each case fills an [N, V] block at a given row stride and storage offset (so rows start
-// misaligned to 16 bytes), with a tie row, an all -inf row, a padding row, a NaN row and a row
-// whose first half is -inf, then checks the forward statistics, the out-of-place backward, and
-// that the in-place backward writes exactly the same bits.
+// misaligned to 16 bytes), with a tie row, an all -inf row, a padding row, a NaN row, a row
+// whose first half is -inf, a row holding +inf and a row whose max is its first column (the first
+// one an in-place backward overwrites, while the max is still needed), then checks the forward
+// statistics, the out-of-place backward, and that the in-place backward writes exactly the same
+// bits.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -121,6 +123,8 @@ std::vector<T> make_logits(const Case& c, uint32_t seed) {
       if (i == 1) v = -kInf;                                     // all -inf row
       if (i == 3 && k == c.vocab / 2) v = kNaN;                  // NaN row
       if (i == 4 && k < c.vocab / 2) v = -kInf;                  // -inf head block
+      if (i == 5 && k == c.vocab / 3) v = kInf;                  // +inf max: shifted_lse NaN
+      if (i == 6 && k == 0) v = 6.0;                             // the max in column 0
       block[c.offset + i * c.row_stride + k] = Tr::from_double(v);
     }
   }
@@ -128,7 +132,7 @@ std::vector<T> make_logits(const Case& c, uint32_t seed) {
 }
 
 struct RowOracle {
-  double max, lse, gathered, target;
+  double max, shifted_lse, gathered, target;
   int64_t argmax;
 };
 
@@ -166,16 +170,16 @@ void run_case(const char* dtype, const Case& c) {
   int64_t* d_actions = to_device(actions);
   const std::vector<Acc> zeros(c.rows, Acc(0));
   Acc* d_max = to_device(zeros);
-  Acc* d_lse = to_device(zeros);
+  Acc* d_shifted_lse = to_device(zeros);
   Acc* d_gathered = to_device(zeros);
   Acc* d_target = to_device(zeros);
   int64_t* d_argmax = to_device(std::vector<int64_t>(c.rows, 0));
 
   CUDA_OK(bcoder::cuda::bellman_stats_forward(Tr::kDtype, c.rows, c.vocab, d_logits + c.offset, c.row_stride,
                                               c.with_ckpt ? d_ckpt + c.offset : nullptr, c.row_stride, d_actions,
-                                              d_max, d_argmax, d_lse, d_gathered, d_target, nullptr));
+                                              d_max, d_argmax, d_shifted_lse, d_gathered, d_target, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<Acc> max = to_host(d_max, c.rows), lse = to_host(d_lse, c.rows);
+  const std::vector<Acc> max = to_host(d_max, c.rows), shifted_lse = to_host(d_shifted_lse, c.rows);
   const std::vector<Acc> gathered = to_host(d_gathered, c.rows), target = to_host(d_target, c.rows);
   const std::vector<int64_t> argmax = to_host(d_argmax, c.rows);
 
@@ -187,10 +191,11 @@ void run_case(const char* dtype, const Case& c) {
       has_nan |= std::isnan(v);
       if (v > m) m = v;
     }
+    // log sum exp(x - max): -inf for an all -inf row, NaN with a NaN or a +inf max (inf - inf).
     double sum = 0.0;
     for (double v : x) sum += m == -kInf ? 0.0 : std::exp(v - m);
-    RowOracle want{has_nan ? kNaN : m, has_nan ? kNaN : (m == -kInf ? -kInf : m + std::log(sum)), 0.0, 0.0,
-                   first_argmax(x)};
+    const double log_sum = has_nan || m == kInf ? kNaN : (m == -kInf ? -kInf : std::log(sum));
+    RowOracle want{has_nan ? kNaN : m, log_sum, 0.0, 0.0, first_argmax(x)};
     if (actions[i] < 0) {
       want = {0.0, 0.0, 0.0, 0.0, 0};
     } else {
@@ -198,7 +203,8 @@ void run_case(const char* dtype, const Case& c) {
       want.target = c.with_ckpt ? x[first_argmax(row_values(ckpt, c, i))] : want.max;
     }
     expect(same(max[i], want.max), dtype, c, "max", i, -1, max[i], want.max);
-    expect(close(lse[i], want.lse, 64 * std::numeric_limits<Acc>::epsilon()), dtype, c, "lse", i, -1, lse[i], want.lse);
+    expect(close(shifted_lse[i], want.shifted_lse, 64 * std::numeric_limits<Acc>::epsilon()), dtype, c, "shifted_lse",
+           i, -1, shifted_lse[i], want.shifted_lse);
     expect(same(gathered[i], want.gathered), dtype, c, "gathered", i, -1, gathered[i], want.gathered);
     if (!has_nan) {
       expect(argmax[i] == want.argmax, dtype, c, "argmax", i, -1, double(argmax[i]), double(want.argmax));
@@ -206,23 +212,24 @@ void run_case(const char* dtype, const Case& c) {
     }
   }
 
-  // Backward: dense on even rows, sparse-only on odd rows, with the kernel's own lse.
-  std::vector<Acc> grad_max(c.rows), grad_lse(c.rows), grad_gathered(c.rows);
+  // Backward: dense on even rows, sparse-only on odd rows, with the kernel's own argmax and
+  // shifted_lse; the oracle reads the max back from the row as the contract says.
+  std::vector<Acc> grad_max(c.rows), grad_shifted_lse(c.rows), grad_gathered(c.rows);
   for (int64_t i = 0; i < c.rows; ++i) {
     grad_max[i] = Acc(-0.5 - 0.01 * i);
-    grad_lse[i] = i % 2 == 0 ? Acc(0.75) : Acc(0);
+    grad_shifted_lse[i] = i % 2 == 0 ? Acc(0.75) : Acc(0);
     grad_gathered[i] = Acc(0.25 + 0.01 * i);
   }
   Acc* d_grad_max = to_device(grad_max);
-  Acc* d_grad_lse = to_device(grad_lse);
+  Acc* d_grad_shifted_lse = to_device(grad_shifted_lse);
   Acc* d_grad_gathered = to_device(grad_gathered);
   T* d_grad = to_device(std::vector<T>(c.rows * c.vocab, Tr::from_double(kNaN)));
   CUDA_OK(bcoder::cuda::bellman_stats_backward(Tr::kDtype, c.rows, c.vocab, d_logits + c.offset, c.row_stride,
-                                               d_actions, d_argmax, d_lse, d_grad_max, d_grad_lse, d_grad_gathered,
-                                               d_grad, c.vocab, nullptr));
+                                               d_actions, d_argmax, d_shifted_lse, d_grad_max, d_grad_shifted_lse,
+                                               d_grad_gathered, d_grad, c.vocab, nullptr));
   CUDA_OK(bcoder::cuda::bellman_stats_backward(Tr::kDtype, c.rows, c.vocab, d_logits + c.offset, c.row_stride,
-                                               d_actions, d_argmax, d_lse, d_grad_max, d_grad_lse, d_grad_gathered,
-                                               d_logits + c.offset, c.row_stride, nullptr));
+                                               d_actions, d_argmax, d_shifted_lse, d_grad_max, d_grad_shifted_lse,
+                                               d_grad_gathered, d_logits + c.offset, c.row_stride, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<T> grad = to_host(d_grad, c.rows * c.vocab);
   const std::vector<T> in_place = to_host(d_logits, logits.size());
@@ -232,9 +239,12 @@ void run_case(const char* dtype, const Case& c) {
     for (int64_t k = 0; k < c.vocab; ++k) {
       double want = 0.0;
       if (actions[i] >= 0) {
-        if (grad_lse[i] != 0) want = grad_lse[i] * std::exp(x[k] - double(lse[i]));
+        const double row_max = x[argmax[i]];
+        if (grad_shifted_lse[i] != 0) {
+          want = grad_shifted_lse[i] * std::exp((x[k] - row_max) - double(shifted_lse[i]));
+        }
         if (k == actions[i]) want += grad_gathered[i];
-        if (k == argmax[i]) want += grad_max[i];
+        if (k == argmax[i]) want += double(grad_max[i]) - double(grad_shifted_lse[i]);
       }
       const double got = Tr::to_double(grad[i * c.vocab + k]);
       expect(close(got, Tr::to_double(Tr::from_double(want)), Tr::kRelTol), dtype, c, "grad", i, k, got, want);
@@ -244,9 +254,10 @@ void run_case(const char* dtype, const Case& c) {
     }
   }
   for (void* p : {static_cast<void*>(d_logits), static_cast<void*>(d_ckpt), static_cast<void*>(d_actions),
-                  static_cast<void*>(d_max), static_cast<void*>(d_lse), static_cast<void*>(d_gathered),
+                  static_cast<void*>(d_max), static_cast<void*>(d_shifted_lse), static_cast<void*>(d_gathered),
                   static_cast<void*>(d_target), static_cast<void*>(d_argmax), static_cast<void*>(d_grad_max),
-                  static_cast<void*>(d_grad_lse), static_cast<void*>(d_grad_gathered), static_cast<void*>(d_grad)}) {
+                  static_cast<void*>(d_grad_shifted_lse), static_cast<void*>(d_grad_gathered),
+                  static_cast<void*>(d_grad)}) {
     CUDA_OK(cudaFree(p));
   }
 }

@@ -11,6 +11,7 @@ Skipped unless a CUDA device is present and bcoder._C was built with the CUDA ke
 import pytest
 import torch
 
+import bcoder
 from bcoder import reference
 
 try:
@@ -83,8 +84,8 @@ def assert_error_within_reference(actual, same_dtype_reference, oracle, dtype):
 
 def check_stats(logits, ckpt_logits, actions):
     """Kernel statistics vs the float64 oracle: exact where no rounding is involved (max, argmax,
-    gathered, target) and lse no worse than the same-dtype reference. Rows holding a NaN only
-    check max and lse (NaN): the contract leaves their argmax unspecified."""
+    gathered, target) and shifted_lse no worse than the same-dtype reference. Rows holding a NaN
+    only check max and shifted_lse (NaN): the contract leaves their argmax unspecified."""
     got = stats_op(logits, ckpt_logits, actions)
     double_ckpt = None if ckpt_logits is None else ckpt_logits.double()
     oracle = reference.bellman_stats(logits.double(), double_ckpt, actions)
@@ -92,9 +93,9 @@ def check_stats(logits, ckpt_logits, actions):
     acc = acc_dtype(logits.dtype)
     assert [t.dtype for t in got] == [acc, torch.int64, acc, acc, acc]
     assert all(t.shape == actions.shape and t.device == logits.device for t in got)
-    row_max, argmax, lse, gathered, target = got
+    row_max, argmax, shifted_lse, gathered, target = got
     assert_same_values(row_max, oracle[0])
-    assert_error_within_reference(lse, same_dtype[2], oracle[2], acc)
+    assert_error_within_reference(shifted_lse, same_dtype[2], oracle[2], acc)
     assert_same_values(gathered, oracle[3])
     defined = ~logits.isnan().any(dim=1)
     if ckpt_logits is not None:
@@ -165,12 +166,12 @@ def test_negative_infinity(dtype):
     ckpt[:, : ONE_BATCH[dtype]] = -INF
     ckpt[6] = -INF  # an all -inf checkpoint row: target column 0
     actions = random_actions(7, vocab)
-    row_max, argmax, lse, _, target = check_stats(logits, ckpt, actions)
-    assert row_max[1] == -INF and lse[1] == -INF and argmax[1] == 0
-    assert argmax[2] == vocab - 1 and lse[2] == logits[2, -1].double()
-    assert argmax[5] == 0 and lse[5] == logits[5, 0].double()
+    row_max, argmax, shifted_lse, _, target = check_stats(logits, ckpt, actions)
+    assert row_max[1] == -INF and shifted_lse[1] == -INF and argmax[1] == 0
+    assert argmax[2] == vocab - 1 and row_max[2] == logits[2, -1].double() and shifted_lse[2] == 0
+    assert argmax[5] == 0 and row_max[5] == logits[5, 0].double() and shifted_lse[5] == 0
     assert target[6] == logits[6, 0].double()
-    assert not torch.isnan(lse).any()
+    assert not torch.isnan(shifted_lse).any()
     check_stats(logits, None, actions)
 
 
@@ -181,12 +182,13 @@ def test_positive_infinity():
     logits[1, :3] = -INF
     logits[1, 3] = INF
     logits[2, vocab - 5 :] = INF  # +inf only in the tail
-    row_max, argmax, lse, _, _ = check_stats(logits, None, random_actions(3, vocab))
-    assert (row_max == INF).all() and (lse == INF).all() and argmax.tolist() == [4000, 3, vocab - 5]
+    row_max, argmax, shifted_lse, _, _ = check_stats(logits, None, random_actions(3, vocab))
+    # Relative to a +inf max the normaliser is inf - inf: NaN, as in the reference.
+    assert (row_max == INF).all() and shifted_lse.isnan().all() and argmax.tolist() == [4000, 3, vocab - 5]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nan_makes_max_and_lse_nan(dtype):
+def test_nan_makes_max_and_shifted_lse_nan(dtype):
     vocab = ONE_BATCH[dtype] + 7
     logits = random_rows(5, vocab, dtype, row_stride=vocab + 1, offset=1)
     logits[0, 0] = NAN  # head
@@ -195,10 +197,10 @@ def test_nan_makes_max_and_lse_nan(dtype):
     logits[2, 3] = NAN  # with -inf
     logits[3] = NAN
     stats = check_stats(logits, random_rows(5, vocab, dtype), random_actions(5, vocab))
-    row_max, _, lse, _, target = stats
-    assert torch.isnan(row_max[:4]).all() and torch.isnan(lse[:4]).all()
-    assert torch.isfinite(row_max[4]) and torch.isfinite(lse[4])
-    row_max, _, lse, _, target = check_stats(logits, None, random_actions(5, vocab))
+    row_max, _, shifted_lse, _, target = stats
+    assert torch.isnan(row_max[:4]).all() and torch.isnan(shifted_lse[:4]).all()
+    assert torch.isfinite(row_max[4]) and torch.isfinite(shifted_lse[4])
+    row_max, _, shifted_lse, _, target = check_stats(logits, None, random_actions(5, vocab))
     assert torch.isnan(target[:4]).all()  # target = max without a checkpoint
 
 
@@ -212,18 +214,20 @@ def test_padding_rows_are_zero_and_unread():
 
 
 def make_backward_inputs(dtype, vocab, rows=7, row_stride=None, offset=0):
-    """Rows 0-2 dense (grad_lse != 0), rows 3-5 sparse (grad_lse == 0), the last row padding; row
-    1's action is its argmax, so both sparse coefficients land on one column."""
+    """Rows 0-2 dense (grad_shifted_lse != 0), rows 3-5 sparse (grad_shifted_lse == 0), the last
+    row padding; row 1's action is its argmax, so both sparse coefficients land on one column, and
+    row 2's max is its first column, which an in-place pass overwrites while the max is needed."""
     logits = random_rows(rows, vocab, dtype, row_stride=row_stride, offset=offset, scale=3.0)
+    logits[2, 0] = 20.0
     actions = random_actions(rows, vocab, padding_rows=[rows - 1])
-    _, argmax, lse, _, _ = stats_op(logits, None, actions)
+    _, argmax, shifted_lse, _, _ = stats_op(logits, None, actions)
     actions[1] = argmax[1]
     acc = acc_dtype(dtype)
     grad_max = torch.randn(rows, device=DEVICE, dtype=acc)
-    grad_lse = torch.randn(rows, device=DEVICE, dtype=acc)
-    grad_lse[3 : rows - 1] = 0
+    grad_shifted_lse = torch.randn(rows, device=DEVICE, dtype=acc)
+    grad_shifted_lse[3 : rows - 1] = 0
     grad_gathered = torch.randn(rows, device=DEVICE, dtype=acc)
-    return logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered
+    return logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -233,8 +237,9 @@ def test_backward_matches_reference(rows, vocab, dtype):
     args = make_backward_inputs(dtype, vocab, rows=max(rows, 7))
     grad = backward_op(*args)
     assert grad.dtype == dtype and grad.shape == args[0].shape and grad.is_contiguous()
-    logits, actions, argmax, lse, *grads = args
-    oracle = reference.bellman_stats_backward(logits.double(), actions, argmax, lse.double(), *[g.double() for g in grads])
+    logits, actions, argmax, shifted_lse, *grads = args
+    oracle = reference.bellman_stats_backward(
+        logits.double(), actions, argmax, shifted_lse.double(), *[g.double() for g in grads])
     same_dtype = reference.bellman_stats_backward(*args)
     assert_error_within_reference(grad, same_dtype, oracle, dtype)
     # Sparse and padding rows involve no rounding beyond the single cast.
@@ -243,10 +248,10 @@ def test_backward_matches_reference(rows, vocab, dtype):
 
 
 def test_sparse_rows_read_no_logits():
-    logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered = make_backward_inputs(torch.float32, 1001)
+    logits, actions, argmax, shifted_lse, *grads = make_backward_inputs(torch.float32, 1001)
     logits[3:] = NAN
-    lse[3:] = NAN
-    grad = backward_op(logits, actions, argmax, lse, grad_max, grad_lse, grad_gathered)
+    shifted_lse[3:] = NAN
+    grad = backward_op(logits, actions, argmax, shifted_lse, *grads)
     assert torch.isfinite(grad[3:]).all()
     assert (grad[3:6] != 0).sum(dim=1).le(2).all()
 
@@ -270,13 +275,59 @@ def test_inplace_backward_equals_out_of_place(dtype, offset):
     assert torch.equal(expected, backward_op(*oracle_input))  # deterministic
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_offsets(dtype):
+    # The statistics and the softmax are relative to the max, so an offset of 1e4 costs nothing.
+    vocab = ONE_BATCH[dtype] + 7
+    offsets = torch.tensor([[1e4], [-1e4], [0.0], [5e3]], device=DEVICE, dtype=torch.float64)
+    logits = (random_rows(4, vocab, torch.float64, scale=3.0) + offsets).to(dtype)
+    actions = random_actions(4, vocab)
+    _, argmax, shifted_lse, *_ = check_stats(logits, (logits.double() + 1).to(dtype), actions)
+    grads = [torch.randn(4, device=DEVICE) for _ in range(3)]
+    args = (logits, actions, argmax, shifted_lse, *grads)
+    oracle = reference.bellman_stats_backward(
+        logits.double(), actions, argmax, shifted_lse.double(), *[g.double() for g in grads])
+    assert_error_within_reference(backward_op(*args), reference.bellman_stats_backward(*args), oracle, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("operator", ["conservative", "optimality"])
+@pytest.mark.parametrize("inplace_backward", [False, True])
+def test_bellman_loss_matches_reference(dtype, operator, inplace_backward):
+    # bcoder.bellman_loss(backend="cuda") end to end against the float64 reference: no worse than
+    # the same-dtype reference in the loss parts and both gradients.
+    batch, steps, vocab = 3, 16, 4096 + 5
+    logits = (torch.randn(batch, steps, vocab, device=DEVICE, dtype=torch.float64) * 3).to(dtype)
+    logits[0, 3] += 1e4
+    ckpt = (torch.randn(batch, steps, vocab, device=DEVICE, dtype=torch.float64) * 3).to(dtype)
+    values = torch.randn(batch, steps, device=DEVICE, dtype=dtype)
+    actions = torch.randint(0, vocab, (batch, steps), device=DEVICE)
+    mask = torch.arange(steps, device=DEVICE) < torch.tensor([[steps], [5], [11]], device=DEVICE)
+    rewards = torch.tensor([1.0, -0.3, -1.0], device=DEVICE, dtype=dtype)
+    is_ground_truth = torch.tensor([True, False, True], device=DEVICE)
+
+    def run(logits, values, backend, inplace=False):
+        logits = logits.detach().clone().requires_grad_()
+        values = values.detach().clone().requires_grad_()
+        out = bcoder.bellman_loss(logits, ckpt.to(logits.dtype), values, actions, mask, rewards.to(values.dtype),
+                                  is_ground_truth, operator=operator, backend=backend, inplace_backward=inplace)
+        grads = torch.autograd.grad(out.loss, (logits, values))
+        return [*(part.detach() for part in out), *grads]
+
+    got = run(logits, values, "cuda", inplace_backward)
+    same_dtype = run(logits, values, "reference")
+    oracle = run(logits.double(), values.double(), "reference")
+    for actual, same_dtype_value, oracle_value in zip(got, same_dtype, oracle):
+        assert_error_within_reference(actual, same_dtype_value, oracle_value, dtype)
+
+
 def test_empty_batch():
     logits = torch.randn(0, 50, device=DEVICE)
     actions = torch.zeros(0, dtype=torch.int64, device=DEVICE)
-    row_max, argmax, lse, gathered, target = stats_op(logits, None, actions)
+    row_max, argmax, shifted_lse, gathered, target = stats_op(logits, None, actions)
     assert row_max.shape == (0,) and argmax.dtype == torch.int64
     zeros = torch.zeros(0, device=DEVICE)
-    assert backward_op(logits, actions, argmax, lse, zeros, zeros, zeros).shape == (0, 50)
+    assert backward_op(logits, actions, argmax, shifted_lse, zeros, zeros, zeros).shape == (0, 50)
 
 
 def test_rejects_bad_inputs():
@@ -292,11 +343,11 @@ def test_rejects_bad_inputs():
         stats_op(logits, None, actions.int())
     with pytest.raises(RuntimeError, match="actions"):
         stats_op(logits, None, actions.cpu())
-    _, argmax, lse, *_ = stats_op(logits, None, actions)
-    with pytest.raises(RuntimeError, match="grad_lse"):
-        backward_op(logits, actions, argmax, lse, lse, lse.double(), lse)
+    _, argmax, shifted_lse, *_ = stats_op(logits, None, actions)
+    with pytest.raises(RuntimeError, match="grad_shifted_lse"):
+        backward_op(logits, actions, argmax, shifted_lse, shifted_lse, shifted_lse.double(), shifted_lse)
     with pytest.raises(RuntimeError, match="unit column stride"):
-        backward_inplace_op(torch.randn(50, 3, device=DEVICE).t(), actions, argmax, lse, lse, lse, lse)
+        backward_inplace_op(torch.randn(50, 3, device=DEVICE).t(), actions, argmax, *[shifted_lse] * 4)
 
 
 def test_opcheck():
@@ -324,11 +375,11 @@ def test_cuda_graph_capture():
     grads[1][16:] = 0
 
     def step():
-        row_max, argmax, lse, gathered, target = stats_op(logits, ckpt, actions)
-        grad = backward_op(logits, actions, argmax, lse, *grads)
+        row_max, argmax, shifted_lse, gathered, target = stats_op(logits, ckpt, actions)
+        grad = backward_op(logits, actions, argmax, shifted_lse, *grads)
         in_place = logits.clone()
-        backward_inplace_op(in_place, actions, argmax, lse, *grads)
-        return row_max, argmax, lse, gathered, target, grad, in_place
+        backward_inplace_op(in_place, actions, argmax, shifted_lse, *grads)
+        return row_max, argmax, shifted_lse, gathered, target, grad, in_place
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
