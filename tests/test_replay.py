@@ -1,0 +1,131 @@
+"""The replay store: round trip, dedup, ground-truth mixing, reproducible batches, reopening."""
+import collections
+import itertools
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from bcoder.replay import ReplayStore, ScoredProgram
+from bcoder.sandbox.schema import ProgramResult, TestResult
+
+
+class Task:
+    def __init__(self, task_id):
+        self.task_id, self.prompt, self.entry_point = task_id, f"prompt of {task_id}", "f"
+
+
+def fill(store, problems=4, real=3, generated=20):
+    store.add_problems(Task(f"p{i}") for i in range(problems))
+    outcomes = ["passed", "failed", "runtime_error", "compile_error"]
+    store.add([ScoredProgram(f"p{i}", f"truth {i} {j}", "passed", 1.0, is_ground_truth=True)
+               for i in range(problems) for j in range(real)]
+              + [ScoredProgram(f"p{i}", f"sample {i} {j}", outcomes[j % 4], -0.3, model="ckpt")
+                 for i in range(problems) for j in range(generated)])
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ReplayStore(tmp_path / "replay.sqlite") as opened:
+        yield opened
+
+
+def test_round_trip_of_a_sandbox_result(store):
+    store.add_problems([Task("p0")])
+    result = ProgramResult("failed", [TestResult("passed"), TestResult("failed", "WrongAnswer", "expected 2, got 3")])
+    assert store.add_results(["p0"], ["def f(): return 3"], [result], model="run/sft@step100", tokens=[[5, 6, 1]]) == 1
+    stored = store.get("p0", "def f(): return 3")
+    assert (stored.problem_id, stored.program, stored.outcome, stored.reward, stored.tokens, stored.model,
+            stored.is_ground_truth, stored.times_sampled) == \
+        ("p0", "def f(): return 3", "failed", -0.3, [5, 6, 1], "run/sft@step100", False, 1)
+    assert stored.tests == [{"status": "passed", "error_type": "", "message": ""},
+                            {"status": "failed", "error_type": "WrongAnswer", "message": "expected 2, got 3"}]
+    assert stored.created > 0 and store.get("p0", "other") is None
+    assert store.problem_ids() == ["p0"]
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_readding_keeps_the_first_score_and_counts_samples(store):
+    store.add_problems([Task("p0"), Task("p1")])
+    first = ScoredProgram("p0", "x = 1", "failed", -0.3, model="a")
+    assert store.add([first, ScoredProgram("p1", "x = 1", "passed", 1.0)]) == 2     # same text, other problem
+    assert store.add([ScoredProgram("p0", "x = 1", "runtime_error", -0.6, model="b", tokens=[1])] * 2) == 0
+    stored = store.get("p0", "x = 1")
+    assert (stored.outcome, stored.reward, stored.model, stored.times_sampled, stored.tokens) == \
+        ("failed", -0.3, "a", 3, [1])       # tokens fill in; the score stays
+    assert store.add([ScoredProgram("p0", "x = 1", "passed", 1.0, is_ground_truth=True)]) == 0
+    stored = store.get("p0", "x = 1")
+    assert stored.is_ground_truth and stored.times_sampled == 3 and len(store) == 2
+
+
+def test_one_transaction_per_add(store):
+    store.add_problems([Task("p0")])
+    with pytest.raises(ValueError, match="add_problems first"):
+        store.add([ScoredProgram("p0", "a", "passed", 1.0), ScoredProgram("nope", "b", "passed", 1.0)])
+    with pytest.raises(ValueError, match="unknown outcome"):
+        store.add([ScoredProgram("p0", "a", "passed", 1.0), ScoredProgram("p0", "b", "ok", 1.0)])
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add([ScoredProgram("p0", "a", "passed", 1.0), ScoredProgram("p0", None, "passed", 1.0)])
+    assert len(store) == 0
+
+
+def test_counts_per_outcome(store):
+    fill(store)
+    assert store.counts() == {"passed": 12 + 20, "failed": 20, "runtime_error": 20, "compile_error": 20}
+    assert store.counts(is_ground_truth=True) == {"passed": 12, "failed": 0, "runtime_error": 0, "compile_error": 0}
+    assert store.counts(problem_id="p1", is_ground_truth=False)["failed"] == 5
+    assert len(store.programs("p1")) == 23 and len(store.programs(is_ground_truth=True)) == 12
+
+
+def test_batches_mix_ground_truth_at_rho_real_and_cover_each_epoch(store):
+    fill(store)
+    batches = store.batches(batch_size=8, rho_real=0.5, seed=3)
+    assert batches.sizes() == (4, 4)
+    seen = collections.Counter()
+    for step in range(20):                      # 80 generated rows: exactly one epoch of them
+        rows = batches[step]
+        assert [r.is_ground_truth for r in rows] == [True] * 4 + [False] * 4
+        seen.update(r.id for r in rows if not r.is_ground_truth)
+    assert len(seen) == 80 and set(seen.values()) == {1}
+    real = collections.Counter(i for step in range(3) for i in batches.ids_of(step)[:4])
+    assert len(real) == 12 and set(real.values()) == {1}        # 12 ground truths: one epoch
+    assert store.batches(10, rho_real=0.25).sizes() == (2, 8)
+    assert store.batches(10, rho_real=0.0).sizes() == (0, 10)
+    only = store.batches(6, rho_real=0.5, problem_ids=["p2"])
+    assert {r.problem_id for step in range(5) for r in only[step]} == {"p2"}
+
+
+def test_batches_are_reproducible_from_seed_and_step_even_after_more_rows(store):
+    fill(store)
+    batches = store.batches(batch_size=8, seed=7)
+    first = [batches.ids_of(step) for step in range(25)]
+    assert first == [store.batches(batch_size=8, seed=7).ids_of(step) for step in range(25)]
+    assert [batches.ids_of(step) for step in (24, 3)] == [first[24], first[3]]      # any order: resume
+    assert [step for step, _ in itertools.islice(batches.iterate(start=5), 3)] == [5, 6, 7]
+    assert first != [store.batches(batch_size=8, seed=8).ids_of(step) for step in range(25)]
+    fill(store, problems=6, generated=30)          # more rows arrive; max_id pins the old data
+    assert [store.batches(8, seed=7, max_id=batches.max_id).ids_of(s) for s in range(25)] == first
+    assert store.batches(8, seed=7).max_id > batches.max_id
+
+
+def test_only_one_kind_or_none(store):
+    store.add_problems([Task("p0")])
+    with pytest.raises(ValueError, match="no programs"):
+        store.batches(4)
+    store.add([ScoredProgram("p0", "s", "failed", -0.3)])
+    assert [r.program for r in store.batches(4, rho_real=0.5)[0]] == ["s"] * 4
+
+
+def test_reopening_an_existing_file_from_another_process(tmp_path):
+    path = tmp_path / "replay.sqlite"
+    with ReplayStore(path) as store:
+        fill(store)
+        expected = store.batches(8, seed=1).ids_of(2)
+    reader = ("import sys; from bcoder.replay import ReplayStore; s = ReplayStore(sys.argv[1]); "
+              "print(len(s), s.batches(8, seed=1).ids_of(2), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", reader, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split(" ", 1) == ["92", f"{expected} False\n"]
+    with ReplayStore(path) as store:
+        assert store.add([ScoredProgram("p0", "truth 0 0", "passed", 1.0, is_ground_truth=True)]) == 0
+        assert len(store) == 92 and store.problem_ids() == ["p0", "p1", "p2", "p3"]
