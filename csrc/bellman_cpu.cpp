@@ -179,8 +179,9 @@ void stats_kernel(const at::Tensor& logits, const at::Tensor* ckpt, const at::Te
         if (c_row) ckpt_row.update(load_chunk(c_row + offset, n, c_buf), n, offset);
       }
       const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
-      // NaN input makes max and shifted_lse NaN; a +inf max gives inf - inf = NaN in the sum only.
-      const bool saw_nan = row.saw_nan || std::isnan(sum);
+      // NaN input makes max and shifted_lse NaN; so does a +inf max (inf - inf), for shifted_lse
+      // only (checked here: the vectorised exp maps NaN to inf).
+      const bool saw_nan = row.saw_nan || std::isnan(sum) || row.max == std::numeric_limits<acc_t>::infinity();
       max_p[i] = row.saw_nan ? nan : row.max;
       argmax_p[i] = row.index;
       shifted_lse_p[i] = saw_nan ? nan : (row.max == kNegInf<acc_t> ? row.max : std::log(sum));

@@ -165,7 +165,9 @@ def test_gradcheck_float64(generator):
     assert torch.autograd.gradcheck(differentiable_stats, (logits,))
 
 
-def test_positive_infinity_row(generator):
-    logits = random_rows(2, 3000, torch.float32, generator)
-    logits[0, 2999] = float("inf")
-    assert_stats_match(logits, None, torch.tensor([0, 1]))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_positive_infinity(dtype, generator):
+    logits = random_rows(3, 3000, dtype, generator)
+    logits[0, 2999] = float("inf")  # in the scalar tail of a chunk
+    logits[1, 10] = float("inf")  # in its vectorised part
+    assert_stats_match(logits, None, torch.tensor([0, 1, 2]))

@@ -1,0 +1,518 @@
+"""Two-stage B-Coder training on Hugging Face T5, end to end (SPEC sections 3-5 and 7).
+
+    python -m bcoder.train --preset tiny --out runs/tiny          # every stage, on the CPU
+    python -m bcoder.train --preset tiny --out runs/tiny --resume  # continue an interrupted run
+    python -m bcoder.train --out runs/x --model CKPT_DIR --data mbpp:PATH --stage sample
+
+Stages, in order, each resumable and each writing into the run directory:
+  sft     train theta_ckpt from scratch with cross-entropy (stands in for a downloaded
+          checkpoint; skipped with --model). Writes ckpt/ (model and tokenizer).
+  sample  sample m programs per training problem from theta_ckpt, run them in the sandbox and
+          store every program with its outcome in replay.db (ground truths too).
+  phi     the phi-stage: pre-train the value decoder phi on L_V; writes phi/.
+  theta   the theta-stage: L_Q + beta_adv L_adv + beta_ce L_ce on batches mixing ground truth
+          and generated programs; writes theta/.
+  eval    greedy and sampled pass@k of theta_ckpt and theta on the held-out problems; eval.json.
+
+The run directory also holds config.json (the resolved config), metrics.jsonl (every logged
+step), curves.png, and state/ (the resume checkpoints: model, optimiser, scheduler, RNG and
+data position).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+REPLAY_FILE, CONFIG_FILE, METRICS_FILE, EVAL_FILE = "replay.db", "config.json", "metrics.jsonl", "eval.json"
+STAGES = ("sft", "sample", "phi", "theta", "eval")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "tiny"                # "tiny" | "mbpp:PATH" | "apps:PATH"
+    model: str = ""                   # a T5 checkpoint directory (with its tokenizer) instead of sft
+    replay: str = ""                  # an existing replay database to start from (skips sampling)
+    seed: int = 0
+    n_train: int = 400                # tiny data set sizes
+    n_test: int = 100
+    max_prompt_tokens: int = 600      # SPEC 7
+    max_program_tokens: int = 512
+    # the theta_ckpt trained from scratch by sft (tiny presets)
+    d_model: int = 64
+    d_ff: int = 256
+    layers: int = 2
+    heads: int = 4
+    sft_steps: int = 600
+    sft_batch: int = 64
+    sft_lr: float = 3e-3
+    # sample
+    samples_per_problem: int = 8
+    sample_temperature: float = 1.0
+    top_p: float = 0.95
+    sandbox_timeout: float = 4.0
+    workers: int = 0                  # sandbox workers; 0 = one per core
+    # phi and theta stages (SPEC 7; presets scale the step counts and learning rates)
+    phi_steps: int = 150
+    phi_batch: int = 64
+    phi_lr: float = 1e-3
+    theta_steps: int = 150
+    theta_batch: int = 64
+    theta_lr: float = 2e-4
+    weight_decay: float = 0.05
+    rho_real: float = 0.5
+    grad_clip: float = 1.0
+    dtype: str = "float32"            # "float32" | "bfloat16" (autocast on the trained decoders)
+    gamma: float = 0.999
+    alpha: float = 1.0
+    beta_adv: float = 0.1
+    beta_ce: float = 0.5
+    operator: str = "conservative"    # or "optimality": the ablation of Figure 1
+    no_init: bool = False             # theta-stage without phi and the residual head (Figure 1)
+    loss_backend: str = "auto"
+    # eval
+    eval_samples: int = 10
+    eval_temperature: float = 0.6
+    eval_ks: tuple = (1, 5)
+    max_new_tokens: int = 96
+    log_every: int = 10
+    checkpoint_every: int = 50
+
+
+PRESETS = {
+    "tiny": TrainConfig(),
+    "smoke": TrainConfig(n_train=24, n_test=8, d_model=32, d_ff=64, heads=2, sft_steps=30, sft_batch=16,
+                         samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6, theta_batch=8,
+                         eval_samples=2, max_new_tokens=48, log_every=2, checkpoint_every=2),
+}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what was kept."""
+
+
+# ----- the run directory -----
+
+class Run:
+    def __init__(self, directory, config):
+        self.dir, self.config = Path(directory), config
+        (self.dir / "state").mkdir(parents=True, exist_ok=True)
+
+    def path(self, name):
+        return self.dir / name
+
+    def done(self, stage):
+        return (self.dir / "state" / f"{stage}.done").exists()
+
+    def mark_done(self, stage):
+        (self.dir / "state" / f"{stage}.done").touch()
+
+    def save_state(self, stage, state):
+        """Atomically: a kill mid-write leaves the previous checkpoint."""
+        target = self.dir / "state" / f"{stage}.pt"
+        torch.save(state, target.with_suffix(".tmp"))
+        os.replace(target.with_suffix(".tmp"), target)
+
+    def load_state(self, stage):
+        target = self.dir / "state" / f"{stage}.pt"
+        return torch.load(target, weights_only=False) if target.exists() else None
+
+    def log(self, record):
+        with open(self.dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def forget_metrics_after(self, stage, step):
+        """Drops metrics that a killed run logged past its last checkpoint, before resuming at `step`."""
+        path = self.dir / METRICS_FILE
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if not (json.loads(line).get("stage") == stage and json.loads(line).get("step", -1) >= step)]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def open_run(out, config, resume, overwrite):
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise TrainingError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+        elif (out / CONFIG_FILE).exists():
+            saved = json.loads((out / CONFIG_FILE).read_text())
+            changed = {k: (saved.get(k), v) for k, v in _jsonable(config).items() if saved.get(k) != v}
+            if changed:
+                raise TrainingError(f"--resume with a different config than {out / CONFIG_FILE}: {changed}")
+    run = Run(out, config)
+    (out / CONFIG_FILE).write_text(json.dumps(_jsonable(config), indent=2) + "\n")
+    return run
+
+
+def _jsonable(config):
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+# ----- data -----
+
+def load_problems(config):
+    """(train, test) problems of config.data."""
+    if config.data == "tiny":
+        from bcoder.data.tiny import make_tiny_problems
+
+        return make_tiny_problems(seed=config.seed, n_train=config.n_train, n_test=config.n_test)
+    kind, _, path = config.data.partition(":")
+    if kind not in ("mbpp", "apps") or not path:
+        raise TrainingError(f"--data must be 'tiny', 'mbpp:PATH' or 'apps:PATH', got {config.data!r}")
+    if kind == "mbpp":
+        from bcoder.data.mbpp import load_mbpp
+
+        problems = load_mbpp(path)
+        # The standard MBPP split: tasks 11-510 test, 601-974 train.
+        train = [p for p in problems if 601 <= int(p.task_id) <= 974]
+        test = [p for p in problems if 11 <= int(p.task_id) <= 510]
+    else:
+        from bcoder.data.apps import load_apps
+
+        problems = load_apps(path)
+        order = sorted(problems, key=lambda p: str(p.task_id))
+        cut = max(1, len(order) // 5)  # a sample of APPS's train split: hold out a fifth
+        train, test = order[cut:], order[:cut]
+    if not train or not test:
+        raise TrainingError(f"{config.data}: empty split (train {len(train)}, test {len(test)} problems)")
+    return train, test
+
+
+def encode(tokenizer, texts, max_tokens):
+    """(ids, mask) of right-padded token sequences, each cut at max_tokens (EOS kept last)."""
+    rows = []
+    for text in texts:
+        ids = tokenizer(text).input_ids
+        if len(ids) > max_tokens:
+            ids = ids[:max_tokens - 1] + [tokenizer.eos_token_id]
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+    mask = torch.arange(width) < torch.tensor([len(r) for r in rows]).unsqueeze(1)
+    return ids, mask
+
+
+def prompts_of(problems):
+    from bcoder.data.prompt import apps_prompt
+
+    return [apps_prompt(p) for p in problems]
+
+
+# ----- the training loop shared by sft, phi and theta -----
+
+def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
+    """Runs step_fn(step) -> (loss, metrics) for steps [start, steps) with AdamW, resuming from
+    the stage's last checkpoint; `decay` picks linear decay to 0 (else a constant lr)."""
+    config = run.config
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, (lambda step: max(0.0, 1 - step / steps)) if decay else (lambda step: 1.0))
+    start = 0
+    state = run.load_state(stage)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        start = state["step"]
+        run.forget_metrics_after(stage, start)
+    model.train()
+    last = time.perf_counter()
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step", file=sys.stderr):
+        loss, metrics = step_fn(step)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"{stage}: non-finite loss {loss.item()} at step {step} "
+                                f"({metrics.get('batch', 'batch ' + str(step))}); the last good checkpoint "
+                                f"is kept in {run.path('state')}, resume after fixing the cause")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % config.log_every == 0 or step + 1 == steps:
+            now = time.perf_counter()
+            seconds, last = now - last, now
+            metrics.pop("batch", None)
+            run.log({"stage": stage, "step": step + 1, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                     "lr": schedule.get_last_lr()[0], **metrics,
+                     "tokens_per_second": metrics.get("tokens", 0) * config.log_every / seconds})
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
+            run.save_state(stage, {"step": step + 1, "model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                   "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
+
+
+# ----- stages -----
+
+def stage_sft(run):
+    """theta_ckpt from scratch: a tiny T5 with a local tokenizer, trained on the reference solutions."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from bcoder.data.tokenizer import tiny_tokenizer
+
+    config = run.config
+    train, _ = load_problems(config)
+    tokenizer = tiny_tokenizer(train)
+    torch.manual_seed(config.seed)
+    model = T5ForConditionalGeneration(T5Config(
+        vocab_size=len(tokenizer), d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.heads,
+        num_layers=config.layers, num_heads=config.heads, dropout_rate=0.0, decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, feed_forward_proj="relu"))
+    pairs = [(prompt, solution) for problem, prompt in zip(train, prompts_of(train)) for solution in problem.solutions]
+
+    def step_fn(step):
+        order = random.Random(f"{config.seed}/sft/{step * config.sft_batch // len(pairs)}").sample(pairs, len(pairs))
+        start = step * config.sft_batch % len(pairs)
+        batch = (order + order)[start:start + config.sft_batch]
+        prompt_ids, prompt_mask = encode(tokenizer, [p for p, _ in batch], config.max_prompt_tokens)
+        labels, label_mask = encode(tokenizer, [s for _, s in batch], config.max_program_tokens)
+        loss = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                     labels=labels.masked_fill(~label_mask, -100)).loss
+        return loss, {"ce_loss": loss.item(), "tokens": int(label_mask.sum())}
+
+    train_steps(run, "sft", model, list(model.parameters()), config.sft_steps, config.sft_lr, True, step_fn)
+    model.save_pretrained(run.path("ckpt"))
+    tokenizer.save_pretrained(run.path("ckpt"))
+
+
+def ckpt_dir(run):
+    return Path(run.config.model) if run.config.model else run.path("ckpt")
+
+
+def load_tokenizer(run):
+    from transformers import AutoTokenizer
+
+    directory = ckpt_dir(run)
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"{directory}: no tokenizer beside the model ({error})") from None
+
+
+def stage_sample(run):
+    """m samples per training problem from theta_ckpt, scored in the sandbox, into the replay store."""
+    from transformers import T5ForConditionalGeneration
+
+    from bcoder.replay import ReplayStore
+    from bcoder.sandbox import Sandbox, SandboxConfig
+
+    config = run.config
+    train, _ = load_problems(config)
+    tokenizer = load_tokenizer(run)
+    model = T5ForConditionalGeneration.from_pretrained(ckpt_dir(run))
+    chunk = 16
+    state = run.load_state("sample") or {"next": 0}
+    with ReplayStore(run.path(REPLAY_FILE)) as store, \
+            Sandbox(SandboxConfig(timeout=config.sandbox_timeout), workers=config.workers or None) as sandbox:
+        if state["next"] == 0:
+            store.add_problems(train)
+            truths = [(p, s) for p in train for s in p.solutions]
+            results = sandbox.run([s for _, s in truths], [p.tests for p, _ in truths])
+            store.add_results([p.task_id for p, _ in truths], [s for _, s in truths], results,
+                              model="ground_truth", is_ground_truth=True)
+        for start in tqdm(range(state["next"], len(train), chunk), initial=state["next"] // chunk,
+                          total=math.ceil(len(train) / chunk), desc="sample", unit="chunk", file=sys.stderr):
+            problems = train[start:start + chunk]
+            torch.manual_seed(hash((config.seed, start)) % 2**31)
+            programs = generate(model, tokenizer, problems, config.samples_per_problem,
+                                config.sample_temperature, config)
+            owners = [p for p in problems for _ in range(config.samples_per_problem)]
+            results = sandbox.run(programs, [p.tests for p in owners])
+            store.add_results([p.task_id for p in owners], programs, results, model=str(ckpt_dir(run)))
+            run.save_state("sample", {"next": start + chunk})
+        run.log({"stage": "sample", "step": len(train), **{f"count_{k}": v for k, v in store.counts().items()}})
+
+
+def generate(policy_model, tokenizer, problems, samples, temperature, config):
+    """`samples` programs per problem (adjacent), decoded; temperature 0 means one greedy program.
+
+    policy_model is a T5ForConditionalGeneration: sampling from softmax(logits) samples the
+    B-Coder policy (SPEC section 2), so Hugging Face `generate` serves as it is."""
+    prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
+    if temperature == 0:
+        sampling = {"do_sample": False}
+    else:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": config.top_p,
+                    "num_return_sequences": samples}
+    policy_model.eval()
+    with torch.no_grad():
+        sequences = policy_model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                          max_new_tokens=config.max_new_tokens, **sampling)
+    return tokenizer.batch_decode(sequences[:, 1:], skip_special_tokens=True)  # drop the start token
+
+
+def q_model_for(run, stage):
+    """The Q-model a stage starts from: phi from theta_ckpt; theta from the trained phi (or, with
+    --no-init, from theta_ckpt with a value head trained from scratch)."""
+    from bcoder.model import QModel, QModelConfig
+
+    config = run.config
+    torch.manual_seed(config.seed)
+    if stage == "theta" and not config.no_init:
+        model = QModel.from_pretrained(run.path("phi"))
+        model.set_stage("theta")
+    else:
+        model = QModel.from_checkpoint(ckpt_dir(run), QModelConfig(stage=stage, init_value_from_phi=not config.no_init))
+    return model
+
+
+def stage_value(run, stage):
+    """The phi-stage (L_V, only phi trains) or the theta-stage (L_ft), on replay batches."""
+    from bcoder.loss import bellman_loss
+    from bcoder.reference import capped_value
+    from bcoder.replay import ReplayStore
+
+    config = run.config
+    tokenizer = load_tokenizer(run)
+    model = q_model_for(run, stage)
+    train, _ = load_problems(config)
+    by_id = {p.task_id: p for p in train}
+    prompts = dict(zip(by_id, prompts_of(train)))
+    store = ReplayStore(run.path(REPLAY_FILE))
+    batch_size = config.phi_batch if stage == "phi" else config.theta_batch
+    batches = store.batches(batch_size, config.rho_real, seed=config.seed, problem_ids=list(by_id))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+
+    def step_fn(step):
+        rows = batches[step]
+        prompt_ids, prompt_mask = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
+        programs, mask = encode(tokenizer, [r.program for r in rows], config.max_program_tokens)
+        with autocast:
+            out = model(prompt_ids, prompt_mask, programs)
+        is_gt = torch.tensor([r.is_ground_truth for r in rows])
+        rewards = torch.tensor([r.reward for r in rows])
+        if stage == "phi":  # L_V: the advantage is theta_ckpt's, frozen; only the TD term
+            parts = bellman_loss(out.logits.float(), None, out.values.float(), programs, mask, rewards, is_gt,
+                                 config.gamma, config.alpha, 0.0, 0.0, operator=config.operator,
+                                 backend=config.loss_backend)
+        else:
+            parts = bellman_loss(out.logits.float(), out.ckpt_logits.float(), out.values.float(), programs, mask,
+                                 rewards, is_gt, config.gamma, config.alpha, config.beta_adv, config.beta_ce,
+                                 operator=config.operator, backend=config.loss_backend)
+        metrics = {"td_loss": parts.td_loss.item(), "td_rmse": parts.td_loss.sqrt().item(),
+                   "adv_loss": parts.adv_loss.item(), "ce_loss": parts.ce_loss.item(),
+                   "tokens": int(mask.sum()), "batch": f"replay rows {[r.id for r in rows]}"}
+        with torch.no_grad():
+            logits = out.logits.float()
+            value = capped_value(out.values.float())
+            q = config.alpha * (logits.gather(-1, programs.unsqueeze(-1)).squeeze(-1) - logits.amax(-1)) + value
+            for name, rows_of in (("gt", is_gt), ("generated", ~is_gt)):
+                tokens = mask & rows_of.unsqueeze(1)
+                if tokens.any():
+                    metrics[f"mean_v_{name}"] = value[tokens].mean().item()
+                    metrics[f"mean_q_{name}"] = q[tokens].mean().item()
+        return parts.loss, metrics
+
+    steps, lr = (config.phi_steps, config.phi_lr) if stage == "phi" else (config.theta_steps, config.theta_lr)
+    train_steps(run, stage, model, model.trainable_parameters(), steps, lr, stage == "theta", step_fn)
+    store.close()
+    model.save_pretrained(run.path(stage))
+
+
+def stage_eval(run):
+    """pass@k (greedy and sampled, unranked) of theta_ckpt and theta on the held-out problems."""
+    from bcoder.evaluate import pass_at_k
+    from bcoder.model import QModel
+    from bcoder.sandbox import Sandbox, SandboxConfig
+
+    config = run.config
+    _, test = load_problems(config)
+    tokenizer = load_tokenizer(run)
+    model = QModel.from_pretrained(run.path("theta"))
+    report, samples_file = {}, run.path("eval_samples.jsonl")
+    samples_file.unlink(missing_ok=True)
+    with Sandbox(SandboxConfig(timeout=config.sandbox_timeout), workers=config.workers or None) as sandbox:
+        for policy in ("ckpt", "theta"):
+            torch.manual_seed(config.seed)
+            greedy, sampled = [], []
+            for start in tqdm(range(0, len(test), 16), desc=f"eval {policy}", unit="chunk", file=sys.stderr):
+                problems = test[start:start + 16]
+                policy_model = model.policy_model(policy)
+                greedy += generate(policy_model, tokenizer, problems, 1, 0, config)
+                sampled += generate(policy_model, tokenizer, problems, config.eval_samples, config.eval_temperature,
+                                    config)
+            owners = [p for p in test for _ in range(config.eval_samples)]
+            greedy_results = sandbox.run(greedy, [p.hidden_tests for p in test])
+            sampled_results = sandbox.run(sampled, [p.hidden_tests for p in owners])
+            passed = [sum(r.outcome == "passed" for r in sampled_results[i:i + config.eval_samples])
+                      for i in range(0, len(sampled_results), config.eval_samples)]
+            report[policy] = {
+                "greedy": {"pass@1": sum(r.outcome == "passed" for r in greedy_results) / len(test)},
+                "unranked": {f"pass@{k}": sum(pass_at_k(config.eval_samples, c, k) for c in passed) / len(test)
+                             for k in config.eval_ks if k <= config.eval_samples},
+            }
+            with open(samples_file, "a") as f:
+                for problem, program, result in zip(owners, sampled, sampled_results):
+                    f.write(json.dumps({"policy": policy, "task_id": problem.task_id, "program": program,
+                                        "outcome": result.outcome, "reward": result.reward}) + "\n")
+    run.path(EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+STAGE_FUNCTIONS = {"sft": stage_sft, "sample": stage_sample, "phi": lambda run: stage_value(run, "phi"),
+                   "theta": lambda run: stage_value(run, "theta"), "eval": stage_eval}
+
+
+def stages_to_run(config, only):
+    if only:
+        return [only]
+    skipped = {"sft"} if config.model else set()
+    if config.replay:
+        skipped.add("sample")
+    if config.no_init:
+        skipped.add("phi")
+    return [s for s in STAGES if s not in skipped]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--out", required=True, help="the run directory")
+    parser.add_argument("--stage", choices=STAGES, help="run only this stage")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="delete --out first")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(flag, action="store_true", default=None)
+        elif f.type is tuple:
+            parser.add_argument(flag, type=lambda s: tuple(int(k) for k in s.split(",")), default=None)
+        else:
+            parser.add_argument(flag, type=f.type, default=None)
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    config = dataclasses.replace(PRESETS[args.preset], **overrides)
+    try:
+        run = open_run(args.out, config, args.resume, args.overwrite)
+        if config.replay and not run.path(REPLAY_FILE).exists():
+            shutil.copy(config.replay, run.path(REPLAY_FILE))
+        for stage in stages_to_run(config, args.stage):
+            if run.done(stage) and not args.stage:
+                continue
+            started = time.perf_counter()
+            STAGE_FUNCTIONS[stage](run)
+            run.mark_done(stage)
+            run.log({"stage": stage, "wall_seconds": time.perf_counter() - started})
+    except TrainingError as error:
+        sys.exit(f"bcoder.train: {error}")
+
+
+if __name__ == "__main__":
+    main()
