@@ -118,3 +118,8 @@ def test_tokenizer_gives_every_program_back_and_fits_the_budget(problems, tmp_pa
     assert loaded.decode(loaded(odd).input_ids, skip_special_tokens=True) == odd
     batch = loaded([train[0].solutions[0], train[1].solutions[1]], padding=True, return_tensors=None)
     assert min(len(ids) for ids in batch.input_ids) == max(len(ids) for ids in batch.input_ids)
+
+
+def test_asking_for_more_problems_than_exist_is_an_error():
+    with pytest.raises(ValueError, match="distinct test problems"):
+        make_tiny_problems(n_train=10, n_test=1000, test_fraction=0.005)     # 3 held-out compositions

@@ -232,7 +232,7 @@ def _sample_problems(rng, config, pool, count, split):
     problems, seen = [], set()
     for _ in range(100 * count + 1000):
         if len(problems) == count:
-            return problems
+            break
         composition, form = rng.choice(pool), rng.choice(config.formats)
         element = ELEMENTS[composition[0]]
         step, keep, aggregate = _lookup(element, composition)
@@ -242,7 +242,9 @@ def _sample_problems(rng, config, pool, count, split):
         seen.add((composition, params, form))
         problems.append(_problem(rng, config, f"tiny-{config.seed}-{split}-{len(problems):05d}",
                                  element, step, keep, aggregate, params, form))
-    raise ValueError(f"only {len(problems)} distinct {split} problems found; ask for fewer")
+    if len(problems) < count:
+        raise ValueError(f"only {len(problems)} distinct {split} problems found; ask for fewer")
+    return problems
 
 
 def _lookup(element, composition):
