@@ -1,0 +1,139 @@
+"""CPU benchmark of bcoder.bellman_loss_from_hidden vs logits-then-loss: time and peak memory.
+
+    python bench/fused_head.py                       # N = 4096 rows, H = 512, V = 32128, fp32
+    python bench/fused_head.py --rows 1024 --repeats 1
+
+Two ways to the theta-stage loss from the decoder's hidden states, forward + backward w.r.t.
+hidden, lm_head_weight and values (conservative operator, checkpoint hidden states and weight):
+    logits then bellman_loss   logits = hidden @ W.T, ckpt_logits = ckpt_hidden @ W_ckpt.T (no grad),
+                               bcoder.bellman_loss(..., backend="cpp")
+    bellman_loss_from_hidden   the same loss, chunked, never holding [N, V] logits
+on two batches of B = N / 512 programs of T = 512 positions (lengths uniform in [T/2, T]): a
+quarter of the programs ground truth (their rows get the dense cross-entropy gradient) and none.
+
+Each variant runs in a fresh subprocess. Peak memory is the rise of the process's peak resident
+set (VmHWM in /proc/self/status, reset through /proc/self/clear_refs once the inputs exist) over
+the first forward + backward, so it counts everything that pass allocates, the returned gradients
+included (d W is [V, H]); large blocks are mmap'd (MALLOC_MMAP_THRESHOLD_) so that the resident
+set follows live memory. Times are medians over --repeats passes, the first included.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+STEPS = 512
+VARIANTS = ("logits then bellman_loss", "bellman_loss_from_hidden")
+BATCHES = ("1/4 ground truth", "no ground truth")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=4096, help="N = B * T, a multiple of T = 512")
+    parser.add_argument("--hidden", type=int, default=512, help="H")
+    parser.add_argument("--vocab", type=int, default=32128, help="V")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def memory_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def make_inputs(args, ground_truth_fraction):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    programs = args.rows // STEPS
+    hidden = torch.randn(programs, STEPS, args.hidden, generator=g, requires_grad=True)
+    weight = (torch.randn(args.vocab, args.hidden, generator=g) / args.hidden**0.5).requires_grad_()
+    lengths = torch.randint(STEPS // 2, STEPS + 1, (programs,), generator=g)
+    return dict(
+        hidden=hidden, lm_head_weight=weight,
+        ckpt_hidden=hidden.detach() + 0.1 * torch.randn(hidden.shape, generator=g),
+        ckpt_lm_head_weight=weight.detach() + 0.01 * torch.randn(weight.shape, generator=g),
+        values=torch.randn(programs, STEPS, generator=g, requires_grad=True),
+        actions=torch.randint(0, args.vocab, (programs, STEPS), generator=g),
+        mask=torch.arange(STEPS) < lengths.unsqueeze(1),
+        rewards=torch.tensor([-1.0, -0.6, -0.3, 1.0])[torch.randint(0, 4, (programs,), generator=g)],
+        is_ground_truth=torch.arange(programs) < round(programs * ground_truth_fraction),
+    )
+
+
+def worker(args):
+    """Runs one variant on one batch; prints a JSON line: peak MiB, forward and fwd+bwd times."""
+    import torch
+
+    import bcoder
+
+    variant, batch = args.worker
+    inputs = make_inputs(args, 0.25 if batch == BATCHES[0] else 0.0)
+    trained = (inputs["hidden"], inputs["lm_head_weight"], inputs["values"])
+    labels = {k: inputs[k] for k in ("values", "actions", "mask", "rewards", "is_ground_truth")}
+
+    def loss():
+        if variant == VARIANTS[1]:
+            return bcoder.bellman_loss_from_hidden(**inputs).loss
+        logits = inputs["hidden"] @ inputs["lm_head_weight"].T
+        with torch.no_grad():
+            ckpt_logits = inputs["ckpt_hidden"] @ inputs["ckpt_lm_head_weight"].T
+        return bcoder.bellman_loss(logits, ckpt_logits, **labels, backend="cpp").loss
+
+    def forward_backward():
+        torch.autograd.grad(loss(), trained)
+
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset VmHWM to the current resident set
+    base_kib = memory_kib("VmRSS")
+    times = [timed(forward_backward)]
+    peak_mib = (memory_kib("VmHWM") - base_kib) / 1024
+    times += [timed(forward_backward) for _ in range(args.repeats - 1)]
+    with torch.no_grad():
+        forward = [timed(loss) for _ in range(args.repeats)]
+    print(json.dumps({"peak_mib": peak_mib, "forward_s": statistics.median(forward),
+                      "fwd_bwd_s": statistics.median(times)}))
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        return worker(args)
+    if args.rows % STEPS:
+        sys.exit(f"--rows must be a multiple of T = {STEPS}")
+    import torch
+
+    logits_mib = args.rows * args.vocab * 4 / 2**20
+    print(f"## bellman_loss_from_hidden vs logits then bellman_loss (CPU)\n\n"
+          f"N = {args.rows} rows ({args.rows // STEPS} x {STEPS}), H = {args.hidden}, V = {args.vocab}, fp32, "
+          f"conservative operator with checkpoint hidden states and weight; forward + backward w.r.t. hidden, "
+          f"W and values. torch {torch.__version__}, {torch.get_num_threads()} threads. One [N, V] fp32 "
+          f"tensor is {logits_mib:.0f} MiB. Peak: rise of the peak RSS over one forward + backward (gradients "
+          f"included); times: medians of {args.repeats}.\n")
+    # Large blocks straight from mmap and back to the kernel on free, so the resident set follows
+    # what is live rather than what glibc's heap keeps.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**16)}
+    rows = []
+    for batch in BATCHES:
+        for variant in VARIANTS:
+            command = [sys.executable, __file__, "--rows", str(args.rows), "--hidden", str(args.hidden),
+                       "--vocab", str(args.vocab), "--repeats", str(args.repeats), "--worker", variant, batch]
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout)
+            rows.append([batch, variant, f"{result['forward_s']:.2f}", f"{result['fwd_bwd_s']:.2f}",
+                         f"{result['peak_mib']:.0f}"])
+    print("| batch | variant | forward s | fwd+bwd s | peak MiB |\n|---|---|---|---|---|")
+    print("\n".join("| " + " | ".join(row) + " |" for row in rows))
+
+
+if __name__ == "__main__":
+    main()
