@@ -79,10 +79,15 @@ class TrainConfig:
     operator: str = "conservative"    # or "optimality": the ablation of Figure 1
     no_init: bool = False             # theta-stage without phi and the residual head (Figure 1)
     loss_backend: str = "auto"
-    # eval
-    eval_samples: int = 10
+    # eval (SPEC 8; bcoder.evaluate.evaluate_run): a pool of eval_samples programs per held-out problem and
+    # policy at eval_temperature, all scored by R~ under theta and run against the example and hidden tests
+    eval_samples: int = 16
     eval_temperature: float = 0.6
     eval_ks: tuple = (1, 5)
+    rank_m: int = 0                   # ranked/filtered/oracle from m of the pool (0: m = eval_samples);
+                                      # m < pool: exact average over the pool's m-subsets
+    filter_samples: int = 0           # > 0: filtered and oracle use a second pool of this size...
+    filter_temperature: float = 0.4   # ...sampled at this temperature (paper: m=1000, temperature 0.4)
     max_new_tokens: int = 96
     log_every: int = 10
     checkpoint_every: int = 50
