@@ -130,7 +130,7 @@ class QModel(nn.Module):
         `T5ForConditionalGeneration.from_pretrained` reads, or a loaded T5ForConditionalGeneration (taken
         over and frozen in place). phi and theta are initialised from it."""
         if isinstance(checkpoint, (str, os.PathLike)):
-            checkpoint = _load_t5_checkpoint(Path(checkpoint), dtype)
+            checkpoint = load_t5_checkpoint(Path(checkpoint), dtype)
         elif not isinstance(checkpoint, T5ForConditionalGeneration):
             raise TypeError("checkpoint must be a T5ForConditionalGeneration or a directory holding one, "
                             f"got {type(checkpoint).__name__}")
@@ -323,7 +323,7 @@ def _require_files(directory, names, what):
                                 f"(found: {found or 'nothing'})")
 
 
-def _load_t5_checkpoint(directory, dtype):
+def load_t5_checkpoint(directory, dtype):
     """T5ForConditionalGeneration.from_pretrained(directory), local files only, after checks that name
     what is wrong."""
     _require_directory(directory, "checkpoint directory")

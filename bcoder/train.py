@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from bcoder.data.problems import DataError
+
 REPLAY_FILE, CONFIG_FILE, METRICS_FILE, EVAL_FILE = "replay.db", "config.json", "metrics.jsonl", "eval.json"
 STAGES = ("sft", "sample", "phi", "theta", "eval")
 
@@ -300,6 +302,16 @@ def ckpt_dir(run):
     return Path(run.config.model) if run.config.model else run.path("ckpt")
 
 
+def load_ckpt(run):
+    """theta_ckpt, a T5ForConditionalGeneration; TrainingError naming what is wrong with its directory."""
+    from bcoder.model import load_t5_checkpoint
+
+    try:
+        return load_t5_checkpoint(ckpt_dir(run), None)
+    except (OSError, ValueError) as error:
+        raise TrainingError(str(error)) from None
+
+
 def load_tokenizer(run):
     from transformers import AutoTokenizer
 
@@ -312,15 +324,13 @@ def load_tokenizer(run):
 
 def stage_sample(run):
     """m samples per training problem from theta_ckpt, scored in the sandbox, into the replay store."""
-    from transformers import T5ForConditionalGeneration
-
     from bcoder.replay import ReplayStore
     from bcoder.sandbox import Sandbox, SandboxConfig
 
     config = run.config
+    model = load_ckpt(run)
     train, _ = load_problems(config)
     tokenizer = load_tokenizer(run)
-    model = T5ForConditionalGeneration.from_pretrained(ckpt_dir(run))
     chunk = 16
     state = run.load_state("sample") or {"next": 0}
     with ReplayStore(run.path(REPLAY_FILE)) as store, \
@@ -373,7 +383,7 @@ def q_model_for(run, stage):
         model = QModel.from_pretrained(run.path("phi"))
         model.set_stage("theta")
     else:
-        model = QModel.from_checkpoint(ckpt_dir(run), QModelConfig(stage=stage, init_value_from_phi=not config.no_init))
+        model = QModel.from_checkpoint(load_ckpt(run), QModelConfig(stage=stage, init_value_from_phi=not config.no_init))
     return model
 
 
@@ -431,43 +441,12 @@ def stage_value(run, stage):
 
 
 def stage_eval(run):
-    """pass@k (greedy and sampled, unranked) of theta_ckpt and theta on the held-out problems."""
-    from bcoder.evaluate import pass_at_k
-    from bcoder.model import QModel
-    from bcoder.sandbox import Sandbox, SandboxConfig
+    """theta_ckpt and theta on the held-out problems: greedy pass@1 and the protocols of SPEC 8
+    (unranked, ranked, filtered, oracle; bcoder.evaluate.evaluate_run), R~ per outcome; eval.json."""
+    from bcoder.evaluate import evaluate_run
 
-    config = run.config
-    _, test = load_problems(config)
-    tokenizer = load_tokenizer(run)
-    model = QModel.from_pretrained(run.path("theta"))
-    report, samples_file = {}, run.path("eval_samples.jsonl")
-    samples_file.unlink(missing_ok=True)
-    with Sandbox(SandboxConfig(timeout=config.sandbox_timeout), workers=config.workers or None) as sandbox:
-        for policy in ("ckpt", "theta"):
-            torch.manual_seed(config.seed)
-            greedy, sampled = [], []
-            for start in tqdm(range(0, len(test), 16), desc=f"eval {policy}", unit="chunk", file=sys.stderr):
-                problems = test[start:start + 16]
-                policy_model = model.policy_model(policy)
-                greedy += generate(policy_model, tokenizer, problems, 1, 0, config)
-                sampled += generate(policy_model, tokenizer, problems, config.eval_samples, config.eval_temperature,
-                                    config)
-            owners = [p for p in test for _ in range(config.eval_samples)]
-            greedy_results = sandbox.run(greedy, [p.hidden_tests for p in test])
-            sampled_results = sandbox.run(sampled, [p.hidden_tests for p in owners])
-            passed = [sum(r.outcome == "passed" for r in sampled_results[i:i + config.eval_samples])
-                      for i in range(0, len(sampled_results), config.eval_samples)]
-            report[policy] = {
-                "greedy": {"pass@1": sum(r.outcome == "passed" for r in greedy_results) / len(test)},
-                "unranked": {f"pass@{k}": sum(pass_at_k(config.eval_samples, c, k) for c in passed) / len(test)
-                             for k in config.eval_ks if k <= config.eval_samples},
-            }
-            with open(samples_file, "a") as f:
-                for problem, program, result in zip(owners, sampled, sampled_results):
-                    f.write(json.dumps({"policy": policy, "task_id": problem.task_id, "program": program,
-                                        "outcome": result.outcome, "reward": result.reward}) + "\n")
-    run.path(EVAL_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    report = evaluate_run(run.dir, run.config)
+    print(json.dumps({key: report[key] for key in ("ckpt", "theta", "mean_return_by_outcome")}, indent=2))
 
 
 STAGE_FUNCTIONS = {"sft": stage_sft, "sample": stage_sample, "phi": lambda run: stage_value(run, "phi"),
@@ -505,6 +484,7 @@ def main(argv=None):
                  if getattr(args, f.name) is not None}
     config = dataclasses.replace(PRESETS[args.preset], **overrides)
     try:
+        load_problems(config)  # a malformed data file or an empty split fails here, before any work
         run = open_run(args.out, config, args.resume, args.overwrite)
         if config.replay and not run.path(REPLAY_FILE).exists():
             shutil.copy(config.replay, run.path(REPLAY_FILE))
@@ -515,7 +495,7 @@ def main(argv=None):
             STAGE_FUNCTIONS[stage](run)
             run.mark_done(stage)
             run.log({"stage": stage, "wall_seconds": time.perf_counter() - started})
-    except TrainingError as error:
+    except (TrainingError, DataError) as error:
         sys.exit(f"bcoder.train: {error}")
 
 

@@ -1,0 +1,156 @@
+"""bcoder.train: the smoke preset end to end, kill-and-resume, the loss inside a training step."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+import bcoder
+from bcoder.model import QModel, QModelConfig, program_mask
+from bcoder.train import PRESETS, encode, load_problems, main, prompts_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train(*args):
+    return subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "smoke", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A smoke run through every stage."""
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    result = train("--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_smoke_run_writes_every_artifact(smoke_run):
+    for name in ("config.json", "ckpt/config.json", "replay.db", "phi/model.safetensors", "theta/model.safetensors",
+                 "metrics.jsonl", "eval.json"):
+        assert (smoke_run / name).exists(), name
+    report = json.loads((smoke_run / "eval.json").read_text())
+    for policy in ("ckpt", "theta"):
+        assert 0 <= report[policy]["unranked"]["pass@1"] <= 1
+    metrics = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    stages = {m["stage"] for m in metrics}
+    assert {"sft", "sample", "phi", "theta", "eval"} <= stages
+    theta = [m for m in metrics if m["stage"] == "theta" and "loss" in m]
+    assert theta and all(key in theta[-1] for key in ("td_loss", "adv_loss", "ce_loss", "lr", "tokens_per_second",
+                                                       "mean_v_gt", "mean_q_generated"))
+
+
+def test_existing_run_is_never_overwritten(smoke_run):
+    result = train("--out", str(smoke_run), "--stage", "eval")
+    assert result.returncode != 0 and "--resume" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_killed_theta_stage_resumes_to_identical_weights(smoke_run, tmp_path):
+    # A longer theta stage than the smoke preset's, so that the kill lands in its middle.
+    args = ("--resume", "--stage", "theta", "--theta-steps", "12", "--checkpoint-every", "3")
+
+    def through_phi(name):  # the smoke run before its theta stage, with the config of `args`
+        ignore = shutil.ignore_patterns("theta", "theta.*", "eval*", "config.json")
+        return Path(shutil.copytree(smoke_run, tmp_path / name, ignore=ignore))
+
+    straight, killed = through_phi("straight"), through_phi("killed")
+    assert train("--out", str(straight), *args).returncode == 0
+
+    process = subprocess.Popen([sys.executable, "-m", "bcoder.train", "--preset", "smoke", "--out", str(killed), *args],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "state" / "theta.pt"
+    deadline = time.time() + 300
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    step = torch.load(state, weights_only=False)["step"]
+    assert 0 < step < 12, f"killed at step {step}, not mid-stage"
+    assert train("--out", str(killed), *args).returncode == 0
+
+    expected = load_file(straight / "theta" / "model.safetensors")
+    got = load_file(killed / "theta" / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_training_step_gradients_match_the_reference_loss(smoke_run):
+    config = PRESETS["smoke"]
+    tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
+    train_problems, _ = load_problems(config)
+    problems = train_problems[:4]
+    prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
+    programs, mask = encode(tokenizer, [p.solutions[0] for p in problems], config.max_program_tokens)
+    rewards = torch.tensor([1.0, -0.3, -0.6, -1.0])
+    is_gt = torch.tensor([True, False, True, False])
+    grads = {}
+    for backend in ("cpp", "reference"):
+        torch.manual_seed(0)
+        model = QModel.from_pretrained(smoke_run / "phi")
+        model.set_stage("theta")
+        out = model(prompt_ids, prompt_mask, programs)
+        loss = bcoder.bellman_loss(out.logits, out.ckpt_logits, out.values, programs, mask, rewards, is_gt,
+                                   backend=backend).loss
+        loss.backward()
+        grads[backend] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads["cpp"].keys() == grads["reference"].keys() and grads["cpp"]
+    for name, grad in grads["cpp"].items():
+        torch.testing.assert_close(grad, grads["reference"][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_phi_stage_lowers_td_error_on_fixed_data(smoke_run):
+    # theta_ckpt's greedy programs: their advantage is 0 at every token, so the TD error is
+    # reducible to 0 by the value alone (with another policy's tokens, Q = A_ckpt + V can be
+    # out of reach of a value capped at R_max).
+    config = PRESETS["smoke"]
+    tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
+    problems = load_problems(config)[0][:8]
+    prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
+    torch.manual_seed(0)
+    model = QModel.from_checkpoint(smoke_run / "ckpt", QModelConfig(stage="phi"))
+    programs = model.ckpt.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False,
+                                   max_new_tokens=20)[:, 1:]
+    mask = program_mask(programs, tokenizer.eos_token_id)
+    rewards = torch.tensor([1.0, -0.3, -0.6, -1.0] * 2)
+    is_gt = torch.zeros(8, dtype=torch.bool)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = model(prompt_ids, prompt_mask, programs)
+        td = bcoder.bellman_loss(out.logits, None, out.values, programs, mask, rewards, is_gt,
+                                 beta_adv=0.0, beta_ce=0.0).loss
+        optimizer.zero_grad()
+        td.backward()
+        optimizer.step()
+        losses.append(td.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_bad_inputs_end_with_clear_messages(tmp_path):
+    not_t5 = tmp_path / "gpt"
+    not_t5.mkdir()
+    (not_t5 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    result = train("--out", str(tmp_path / "a"), "--model", str(not_t5), "--stage", "sample")
+    assert result.returncode != 0 and "gpt2" in result.stderr
+    result = train("--out", str(tmp_path / "b"), "--model", str(tmp_path / "missing"), "--stage", "sample")
+    assert result.returncode != 0 and "not found" in result.stderr
+
+    bad = tmp_path / "mbpp.jsonl"
+    bad.write_text('{"task_id": 601, "text": "x", "code": "", "test_list": [], "test_setup_code": ""}\n{oops\n')
+    with pytest.raises(SystemExit, match=f"{bad}:2"):
+        main(["--preset", "smoke", "--out", str(tmp_path / "c"), "--data", f"mbpp:{bad}", "--stage", "sample",
+              "--model", str(not_t5)])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match="empty split"):
+        main(["--preset", "smoke", "--out", str(tmp_path / "d"), "--data", f"mbpp:{empty}", "--stage", "sample",
+              "--model", str(not_t5)])
