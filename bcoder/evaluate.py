@@ -7,6 +7,25 @@ Each sample line is {"task_id": ..., "program": "<full source>"} or {"task_id": 
 "completion": "..."} (appended to the prompt for HumanEval; the whole program otherwise).
 --out gets one JSON line per sample, in input order; the summary is printed and written to
 <out stem>.summary.json beside it. Programs run against all tests (examples and hidden).
+
+The paper's protocols on a trained run (SPEC 8), from its own samples or from any generator's:
+
+    python -m bcoder.evaluate --run RUN_DIR --protocol unranked,ranked,filtered,oracle \
+        [--samples FILE] [--m M] [--n N] [--temperature T] [--filter-n N --filter-temperature T] [--k 1,5]
+
+Without --samples, N programs per held-out problem are sampled from theta_ckpt and from theta
+(as the run's eval stage, which calls the same `evaluate_run`); with --samples ({task_id,
+program, policy?} lines, e.g. another model's), those are judged instead. Every program is run
+against the example and the hidden tests and scored by R~ under the run's theta (bcoder.rank).
+Writes RUN_DIR/eval.json and eval_samples.jsonl (or --out and its _samples.jsonl).
+
+    unranked  pass@k by the unbiased estimator from the n samples of a problem
+    ranked    the CodeT protocol: m samples, the k with the highest R~; solved if one passes the hidden tests
+    filtered  drop the samples that fail the example tests, then rank the rest; none left = unsolved
+    oracle    filtered by the hidden tests: solved if any of the m passes (an upper bound)
+
+With m < n (the pool) a protocol's value is its exact expectation over the pool's m-subsets drawn
+uniformly without replacement (as pass@k's estimator is over k-subsets), not one random draw.
 """
 import argparse
 import json
@@ -28,6 +47,67 @@ def pass_at_k(n, c, k):
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+PROTOCOLS = ("unranked", "ranked", "filtered", "oracle")
+OUTCOMES = ("passed", "failed", "runtime_error", "compile_error")
+
+
+def top_k_solved(scores, passed, k, m=None, keep=None):
+    """Probability that a problem is solved when m of its n candidates are drawn uniformly without
+    replacement, the drawn ones with keep True are ranked by score (highest first; ties by position)
+    and the top k are submitted: solved if any of them passed. m = n (default) is the plain
+    deterministic protocol; no kept candidate drawn counts as unsolved.
+
+    Exact: the problem stays unsolved iff the k-th kept candidate drawn sits at some rank i with the
+    k - 1 drawn above it all failing, or fewer than k kept candidates are drawn, all failing.
+    """
+    n = len(scores)
+    m = n if m is None else m
+    if len(passed) != n or (keep is not None and len(keep) != n):
+        raise ValueError(f"scores, passed and keep must have one entry per candidate ({n})")
+    if not 1 <= k <= m <= n:
+        raise ValueError(f"need 1 <= k <= m <= n, got k={k}, m={m}, n={n}")
+    kept = sorted((i for i in range(n) if keep is None or keep[i]), key=lambda i: (-scores[i], i))
+    unsolved, failing = 0, 0
+    for rank, i in enumerate(kept, 1):
+        if not passed[i]:
+            unsolved += math.comb(failing, k - 1) * math.comb(n - rank, m - k)
+            failing += 1
+    others = n - len(kept)
+    unsolved += sum(math.comb(failing, j) * math.comb(others, m - j) for j in range(k))
+    return 1.0 - unsolved / math.comb(n, m)
+
+
+def protocol_pass_at_k(protocol, candidates, k, m=None):
+    """pass@k of one problem under a protocol; candidates are dicts with "return" (R~), "passed"
+    (hidden tests) and, for "filtered", "example_passed". None where k > m (or k > n, unranked)."""
+    n = len(candidates)
+    m = n if m is None else min(m, n)
+    passed = [c["passed"] for c in candidates]
+    if protocol == "unranked":
+        return pass_at_k(n, sum(passed), k) if k <= n else None
+    if k > m:
+        return None
+    scores = [c["return"] for c in candidates]
+    if protocol not in ("ranked", "filtered", "oracle"):
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    keep = None if protocol == "ranked" else passed if protocol == "oracle" else [c["example_passed"] for c in candidates]
+    return top_k_solved(scores, passed, k, m, keep)
+
+
+def protocol_table(groups, protocols=PROTOCOLS, ks=(1, 5), m=None):
+    """{protocol: {"pass@k": mean over problems}} for groups, one candidate list per problem; a
+    protocol's "pass@k" is left out where some problem has fewer than k candidates (m)."""
+    table = {}
+    for protocol in protocols:
+        row = {}
+        for k in ks:
+            values = [protocol_pass_at_k(protocol, group, k, m) for group in groups]
+            if groups and None not in values:
+                row[f"pass@{k}"] = sum(values) / len(values)
+        table[protocol] = row
+    return table
 
 
 def read_samples(path, problems):
@@ -71,16 +151,227 @@ def evaluate(problems, samples, ks=(1, 5, 10), timeout=10.0, workers=None):
     return rows, summary
 
 
+# ----- the protocols on a trained run (SPEC 8) -----
+
+def sample_pool(policy_model, tokenizer, problems, size, temperature, config, cap=256):
+    """`size` programs per problem (adjacent), generated at most `cap` sequences at a time."""
+    from bcoder.train import generate
+
+    programs = []
+    per_call = max(1, cap // size)
+    for start in range(0, len(problems), per_call):
+        chunk = problems[start:start + per_call]
+        for done in range(0, size, cap):
+            programs += generate(policy_model, tokenizer, chunk, min(cap, size - done), temperature, config)
+    return programs
+
+
+def _judge(sandbox, records, problems, field, tests_of):
+    """Sets record[field] to the outcome on tests_of(problem), running each distinct (task, program) once."""
+    keys = list(dict.fromkeys((r["task_id"], r["program"]) for r in records))
+    results = dict(zip(keys, sandbox.run([p for _, p in keys], [tests_of(problems[t]) for t, _ in keys])))
+    for r in records:
+        r[field] = results[(r["task_id"], r["program"])].outcome
+
+
+def outcome_returns(records):
+    """{outcome: {"mean", "std", "count"}} of R~ over records (hidden-test outcomes); mean None if none."""
+    summary = {}
+    for outcome in OUTCOMES:
+        values = [r["return"] for r in records if r["outcome"] == outcome]
+        mean = sum(values) / len(values) if values else None
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) if values else None
+        summary[outcome] = {"mean": mean, "std": std, "count": len(values)}
+    return summary
+
+
+def protocol_report(records, problems, protocols=PROTOCOLS, ks=(1, 5), m=None):
+    """eval.json's tables for the records of one policy: {protocol: {"pass@k"}} overall and, where the
+    problems have a difficulty (APPS), "by_difficulty". filtered and oracle read the "filter" pool
+    when the records have one."""
+    by_task = {}
+    for r in records:
+        by_task.setdefault((r["pool"], r["task_id"]), []).append(r)
+    has_filter_pool = any(pool == "filter" for pool, _ in by_task)
+
+    def table(subset):
+        tasks = [p.task_id for p in subset if ("main", p.task_id) in by_task]
+        main = [by_task[("main", t)] for t in tasks]
+        result = protocol_table(main, [p for p in protocols if p in ("unranked", "ranked")], ks, m)
+        rest = [p for p in protocols if p in ("filtered", "oracle")]
+        if rest:
+            if has_filter_pool:
+                result.update(protocol_table([by_task[("filter", t)] for t in tasks], rest, ks))
+            else:
+                result.update(protocol_table(main, rest, ks, m))
+        result["problems"] = len(tasks)
+        return result
+
+    report = table(problems)
+    difficulties = sorted({getattr(p, "difficulty", "") for p in problems} - {""})
+    if difficulties:
+        report["by_difficulty"] = {d: table([p for p in problems if getattr(p, "difficulty", "") == d])
+                                   for d in difficulties}
+    return report
+
+
+def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, problems=None, out=None,
+                 workers=None, policies=("ckpt", "theta")):
+    """The eval of a trained run: samples (a pool of config.eval_samples per held-out problem and policy at
+    config.eval_temperature, plus greedy; a second pool for filtered/oracle if config.filter_samples), or
+    the given `samples` (dicts with task_id, program and optionally policy); runs them against the hidden
+    and example tests, scores them by R~ under theta, and writes eval.json and eval_samples.jsonl (to the
+    run directory, or `out` and `<out stem>_samples.jsonl`). Returns the report."""
+    import torch
+    from tqdm import tqdm
+
+    from bcoder.data.prompt import apps_prompt
+    from bcoder.rank import Scorer, read_run_config
+    from bcoder.sandbox import Sandbox, SandboxConfig
+    from bcoder.train import EVAL_FILE, generate, load_problems
+
+    run_dir = Path(run_dir)
+    config = config or read_run_config(run_dir)
+    protocols = [p for p in PROTOCOLS if p in protocols]
+    if problems is None:
+        problems = load_problems(config)[1]
+    by_id = {p.task_id: p for p in problems}
+    scorer = Scorer.from_run(run_dir, config)
+    m = config.rank_m or None
+    settings = {"n": config.eval_samples, "m": min(m or config.eval_samples, config.eval_samples),
+                "temperature": config.eval_temperature, "top_p": config.top_p, "ks": list(config.eval_ks),
+                "reward_model": "theta", "problems": len(problems)}
+    records, greedy = [], {}
+    if samples is None:
+        pools = [("main", config.eval_samples, config.eval_temperature)]
+        if config.filter_samples > 0 and {"filtered", "oracle"} & set(protocols):
+            pools.append(("filter", config.filter_samples, config.filter_temperature))
+            settings["filter"] = {"n": config.filter_samples, "m": config.filter_samples,
+                                  "temperature": config.filter_temperature}
+        for policy in policies:
+            policy_model = scorer.model.policy_model(policy)
+            torch.manual_seed(config.seed)
+            greedy[policy] = []
+            for start in tqdm(range(0, len(problems), 16), desc=f"eval {policy}", unit="chunk", file=sys.stderr):
+                chunk = problems[start:start + 16]
+                greedy[policy] += generate(policy_model, scorer.tokenizer, chunk, 1, 0, config)
+                for pool, size, temperature in pools:
+                    programs = sample_pool(policy_model, scorer.tokenizer, chunk, size, temperature, config)
+                    owners = [p for p in chunk for _ in range(size)]
+                    records += [{"policy": policy, "pool": pool, "task_id": p.task_id, "program": program}
+                                for p, program in zip(owners, programs)]
+    else:
+        records = [{"policy": str(s.get("policy", "samples")), "pool": "main", "task_id": str(s["task_id"]),
+                    "program": s["program"]} for s in samples]
+        unknown = {r["task_id"] for r in records} - set(by_id)
+        if unknown:
+            raise DataError(f"samples for task ids that are not among the problems: {sorted(unknown)[:5]}")
+        policies = list(dict.fromkeys(r["policy"] for r in records))
+        counts = {len([r for r in records if r["policy"] == policy and r["task_id"] == t])
+                  for policy in policies for t in by_id}
+        settings.update(n=max(counts), m=min(m or max(counts), max(counts)), temperature=None, top_p=None,
+                        samples="given")
+        wanted = {r["task_id"] for r in records}
+        problems = [p for p in problems if p.task_id in wanted]
+    with Sandbox(SandboxConfig(timeout=config.sandbox_timeout), workers=workers or config.workers or None) as sandbox:
+        _judge(sandbox, records, by_id, "outcome", lambda p: p.hidden_tests)
+        if "filtered" in protocols:
+            _judge(sandbox, [r for r in records if r["pool"] == ("filter" if "filter" in settings else "main")],
+                   by_id, "example_outcome", lambda p: p.example_tests)
+        greedy_outcomes = {policy: [r.outcome for r in sandbox.run(programs, [p.hidden_tests for p in problems])]
+                           for policy, programs in greedy.items()}
+    keys = list(dict.fromkeys((r["task_id"], r["program"]) for r in records))
+    scores = dict(zip(keys, scorer.score([apps_prompt(by_id[t]) for t, _ in keys], [p for _, p in keys])))
+    for r in records:
+        r["return"] = scores[(r["task_id"], r["program"])].ret
+        r["passed"] = r["outcome"] == "passed"
+        if "example_outcome" in r:
+            r["example_passed"] = r["example_outcome"] == "passed"
+        r["difficulty"] = getattr(by_id[r["task_id"]], "difficulty", "")
+
+    report = {"policies": list(policies), "settings": settings}
+    for policy in policies:
+        mine = [r for r in records if r["policy"] == policy]
+        report[policy] = protocol_report(mine, problems, protocols, config.eval_ks, m)
+        if policy in greedy_outcomes:
+            outcomes = greedy_outcomes[policy]
+            report[policy]["greedy"] = {"pass@1": sum(o == "passed" for o in outcomes) / len(outcomes)}
+    returns = {"all": outcome_returns(records), **{p: outcome_returns([r for r in records if r["policy"] == p])
+                                                   for p in policies}}
+    report["mean_return_by_outcome"] = {o: returns["all"][o]["mean"] for o in OUTCOMES}
+    report["return_by_outcome"] = returns
+
+    eval_path = Path(out) if out else run_dir / EVAL_FILE
+    samples_path = eval_path.with_name(eval_path.stem + "_samples.jsonl")
+    eval_path.write_text(json.dumps(report, indent=2) + "\n")
+    with open(samples_path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in ("policy", "pool", "task_id", "difficulty", "program", "return",
+                                                  "outcome", "example_outcome") if k in r}) + "\n")
+    return report
+
+
+def run_main(args):
+    """python -m bcoder.evaluate --run RUN_DIR --protocol ...: the protocols of a trained run."""
+    import dataclasses
+
+    from bcoder.rank import problems_of, read_run_config
+
+    protocols = PROTOCOLS if args.protocol in (None, "all") else tuple(args.protocol.split(","))
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        sys.exit(f"error: unknown protocol(s) {sorted(unknown)}: choose from {', '.join(PROTOCOLS)} or all")
+    try:
+        config = read_run_config(args.run)
+        overrides = {"eval_samples": args.n, "rank_m": args.m, "eval_temperature": args.temperature,
+                     "filter_samples": args.filter_n, "filter_temperature": args.filter_temperature,
+                     "sandbox_timeout": args.timeout,
+                     "eval_ks": tuple(int(k) for k in args.k.split(",")) if args.k else None}
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        problems = None
+        if args.problems:
+            problems = list(problems_of(config, args.problems, args.format).values())
+        samples = None
+        if args.samples:
+            by_id = {p.task_id: p for p in problems} if problems else problems_of(config)
+            records = [record for _, record in read_jsonl(args.samples)]
+            samples = [{**record, "task_id": t, "program": program}
+                       for record, (t, program) in zip(records, read_samples(args.samples, by_id))]
+            if problems is None:
+                wanted = {s["task_id"] for s in samples}
+                problems = [p for p in by_id.values() if p.task_id in wanted]
+        report = evaluate_run(args.run, config, protocols, samples, problems, args.out, args.workers)
+    except (DataError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    print(json.dumps(report, indent=2))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--format", choices=sorted(LOADERS), required=True)
-    parser.add_argument("--problems", required=True, help="problems file (APPS: also a folder)")
-    parser.add_argument("--samples", required=True, help="JSONL of {task_id, program|completion}")
-    parser.add_argument("--out", required=True, help="JSONL of per-sample results")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program, all tests")
+    parser.add_argument("--format", choices=sorted(LOADERS), help="of --problems (required without --run)")
+    parser.add_argument("--problems", help="problems file (APPS: also a folder); with --run: default the run's "
+                                           "held-out problems")
+    parser.add_argument("--samples", help="JSONL of {task_id, program|completion}; with --run: default sample them")
+    parser.add_argument("--out", help="JSONL of per-sample results; with --run: the report (default RUN_DIR/eval.json)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per program, all tests (default 10; "
+                                                                   "with --run the run's)")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--k", default="1,5,10", help="comma-separated k for pass@k")
+    parser.add_argument("--k", default=None, help="comma-separated k for pass@k (default 1,5,10; with --run the run's)")
+    protocol = parser.add_argument_group("protocols of a trained run (SPEC 8)")
+    protocol.add_argument("--run", help="a trained run directory (theta/ is the reward model)")
+    protocol.add_argument("--protocol", default="all", help=f"comma-separated, of {', '.join(PROTOCOLS)}; or all")
+    protocol.add_argument("--n", type=int, help="samples per problem and policy (default: the run's eval_samples)")
+    protocol.add_argument("--m", type=int, help="candidates ranked per problem, m <= n (default n)")
+    protocol.add_argument("--temperature", type=float, help="sampling temperature (default: the run's)")
+    protocol.add_argument("--filter-n", type=int, help="a second pool for filtered and oracle, of this size")
+    protocol.add_argument("--filter-temperature", type=float, help="its temperature (paper: 0.4)")
     args = parser.parse_args(argv)
+    if args.run:
+        return run_main(args)
+    if not (args.format and args.problems and args.samples and args.out):
+        parser.error("--format, --problems, --samples and --out are required (or --run RUN_DIR)")
+    args.timeout = 10.0 if args.timeout is None else args.timeout
+    args.k = args.k or "1,5,10"
     try:
         ks = [int(k) for k in args.k.split(",")]
         problems = {p.task_id: p for p in LOADERS[args.format](args.problems)}

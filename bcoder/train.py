@@ -495,6 +495,9 @@ def main(argv=None):
             STAGE_FUNCTIONS[stage](run)
             run.mark_done(stage)
             run.log({"stage": stage, "wall_seconds": time.perf_counter() - started})
+            from bcoder.report import after_stage  # curves.png after sft/phi/theta; report.md after eval
+
+            after_stage(run.dir, stage)
     except (TrainingError, DataError) as error:
         sys.exit(f"bcoder.train: {error}")
 

@@ -1,0 +1,153 @@
+"""The free reward model of a trained run (SPEC 6, paper section 4.5): score programs from any generator.
+
+    r~(s_t, a_t) = Q_theta(s_t, a_t) - gamma * V_theta(s_{t+1})      (V after the last token = 0)
+    R~(W)        = sum_t r~(s_t, a_t)                                  rank candidates by it, highest first
+
+    python -m bcoder.rank --run RUN_DIR --samples FILE --out FILE [--problems FILE --format mbpp|humaneval|apps]
+
+Each sample line is {"task_id": ..., "program": "..."} (or "completion", as bcoder.evaluate reads
+them); extra fields are kept. Without --problems the task ids are those of the run's own data
+(train and held-out). --out gets one JSON line per sample, in input order, with "return" (R~),
+"token_rewards" (r~ per program token, its EOS last) and "tokens".
+
+Scores come from ONE teacher-forced pass of the run's theta Q-model over each batch (the prompt
+encoded as in training, `bcoder.train.encode` with the run's length limits), through
+`bcoder.token_rewards`: the same prompt and tokenization that the Q-function was trained on.
+Programs from another model are scored the same way (the paper's Table 3).
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class ProgramScore:
+    ret: float             # R~(W)
+    rewards: list          # r~ per token of the program (EOS included)
+    tokens: list           # the program's tokens, as the tokenizer cut it
+
+
+def read_run_config(run_dir):
+    """The run's TrainConfig from its config.json; fields the file lacks keep their defaults (runs
+    written before a field existed)."""
+    from bcoder.train import CONFIG_FILE, TrainConfig
+
+    saved = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in saved:
+            values[f.name] = tuple(saved[f.name]) if f.type is tuple else saved[f.name]
+    return TrainConfig(**values)
+
+
+class Scorer:
+    """R~ and r~ of (prompt, program) pairs under a theta-stage QModel.
+
+    scorer = Scorer.from_run("runs/tiny"); scores = scorer.score(prompts, programs)
+    """
+
+    def __init__(self, model, tokenizer, gamma=0.999, alpha=1.0, max_prompt_tokens=600, max_program_tokens=512,
+                 batch_size=64, backend="auto"):
+        if model.stage != "theta":
+            raise ValueError(f"the reward model is Q_theta: need a theta-stage QModel, got stage {model.stage!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.gamma, self.alpha, self.backend = gamma, alpha, backend
+        self.max_prompt_tokens, self.max_program_tokens, self.batch_size = max_prompt_tokens, max_program_tokens, batch_size
+
+    @classmethod
+    def from_run(cls, run_dir, config=None, batch_size=64):
+        """The scorer of a trained run: RUN_DIR/theta (the Q-model) and the run's tokenizer, gamma, alpha."""
+        from transformers import AutoTokenizer
+
+        from bcoder.model import QModel
+
+        run_dir = Path(run_dir)
+        config = config or read_run_config(run_dir)
+        if not (run_dir / "theta").is_dir():
+            raise FileNotFoundError(f"{run_dir / 'theta'} not found: the run has no trained theta (run its theta stage)")
+        model = QModel.from_pretrained(run_dir / "theta")
+        tokenizer = AutoTokenizer.from_pretrained(Path(config.model) if config.model else run_dir / "ckpt")
+        return cls(model, tokenizer, config.gamma, config.alpha, config.max_prompt_tokens, config.max_program_tokens,
+                   batch_size, config.loss_backend)
+
+    @torch.no_grad()
+    def score(self, prompts, programs):
+        """One ProgramScore per (prompt, program), in input order. Batches group rows by prompt and
+        length (less padding); padding does not change a row's scores."""
+        from bcoder.loss import token_rewards
+        from bcoder.train import encode
+
+        if len(prompts) != len(programs):
+            raise ValueError(f"{len(prompts)} prompts for {len(programs)} programs")
+        lengths = [len(self.tokenizer(p).input_ids) for p in programs]
+        order = sorted(range(len(programs)), key=lambda i: (lengths[i], prompts[i]))
+        scores = [None] * len(programs)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            prompt_ids, prompt_mask = encode(self.tokenizer, [prompts[i] for i in rows], self.max_prompt_tokens)
+            actions, mask = encode(self.tokenizer, [programs[i] for i in rows], self.max_program_tokens)
+            out = self.model(prompt_ids, prompt_mask, actions)
+            r = token_rewards(out.logits.float(), out.values.float(), actions, mask, self.gamma, self.alpha,
+                              backend=self.backend)
+            for row, i in enumerate(rows):
+                n = int(mask[row].sum())
+                per_token = r[row, :n].tolist()
+                scores[i] = ProgramScore(float(r[row, :n].double().sum()), per_token,
+                                         self.tokenizer.convert_ids_to_tokens(actions[row, :n].tolist()))
+        return scores
+
+
+def problems_of(config, problems_file=None, data_format=None):
+    """{task_id: Problem}: from a file (with its format), else the run's own data (train and held-out)."""
+    if problems_file:
+        from bcoder.evaluate import LOADERS
+
+        data_format = data_format or config.data.partition(":")[0]
+        if data_format not in LOADERS:
+            raise ValueError(f"--format must be one of {sorted(LOADERS)} for --problems (the run's data is "
+                             f"{config.data!r})")
+        return {p.task_id: p for p in LOADERS[data_format](problems_file)}
+    from bcoder.train import load_problems
+
+    train, test = load_problems(config)
+    return {p.task_id: p for p in train + test}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a trained run directory (with theta/)")
+    parser.add_argument("--problems", help="problems file; default: the run's own data")
+    parser.add_argument("--format", choices=("mbpp", "humaneval", "apps"), help="of --problems (default: the run's)")
+    parser.add_argument("--samples", required=True, help="JSONL of {task_id, program|completion, ...}")
+    parser.add_argument("--out", required=True, help="JSONL: each sample with return, token_rewards, tokens")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    from bcoder.data.problems import DataError, read_jsonl
+    from bcoder.data.prompt import apps_prompt
+    from bcoder.evaluate import read_samples
+
+    try:
+        config = read_run_config(args.run)
+        problems = problems_of(config, args.problems, args.format)
+        samples = read_samples(args.samples, problems)
+        records = [record for _, record in read_jsonl(args.samples)]
+        scorer = Scorer.from_run(args.run, config, args.batch_size)
+    except (DataError, ValueError, OSError) as error:
+        sys.exit(f"bcoder.rank: {error}")
+    scores = scorer.score([apps_prompt(problems[t]) for t, _ in samples], [p for _, p in samples])
+    with open(args.out, "w", encoding="utf-8") as f:
+        for record, (_, program), s in zip(records, samples, scores):
+            f.write(json.dumps({**record, "program": program, "return": s.ret, "token_rewards": s.rewards,
+                                "tokens": s.tokens}) + "\n")
+    returns = [s.ret for s in scores]
+    print(json.dumps({"samples": len(scores), "mean_return": sum(returns) / max(1, len(returns))}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""A report of a trained run that a reader can look at: tables and the paper's figures.
+
+    python -m bcoder.report RUN_DIR [--ablation NAME=RUN_DIR ...]
+
+Writes RUN_DIR/report.md with
+  * the pass@k table: theta_ckpt and theta x protocols (greedy, unranked, ranked, filtered, oracle) x k,
+    with n, m and the temperature (from eval.json; per difficulty where the data has one);
+  * the mean R~ per true outcome (hidden tests) and whether it is ordered passed > failed >
+    runtime error > compile error (the paper's Figure 3);
+and the figures
+  * returns.png: the density of R~ per outcome (scipy.stats.gaussian_kde; Figure 3),
+  * ranked_vs_m.png: ranked pass@k against m (Figure 5; m in 2^4..2^8 where the pool holds that many,
+    else the powers of two up to the pool size), each m the exact average over the pool's m-subsets,
+  * curves.png: the training curves of sft, phi and theta (Figure 1), with the ablation runs overlaid.
+`bcoder.train` writes curves.png after each training stage and the whole report after eval.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from bcoder.evaluate import OUTCOMES, PROTOCOLS, protocol_table
+
+OUTCOME_LABELS = {"passed": "passed", "failed": "failed", "runtime_error": "runtime error",
+                  "compile_error": "compile error"}
+OUTCOME_COLORS = {"passed": "tab:green", "failed": "tab:orange", "runtime_error": "tab:red",
+                  "compile_error": "tab:gray"}
+# (stage, metric, panel title): the panels of curves.png
+CURVES = [("sft", "ce_loss", "sft: cross-entropy"), ("phi", "td_loss", "phi: L_V (TD loss)"),
+          ("theta", "td_loss", "theta: L_Q (TD loss)"), ("theta", "adv_loss", "theta: L_adv"),
+          ("theta", "ce_loss", "theta: L_ce"), ("theta", "mean_v_gt", "theta: mean V (gt solid, generated dashed)")]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_jsonl(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(run_dir):
+    """{stage: [records with a step]} of a run's metrics.jsonl, in step order."""
+    stages = {}
+    for record in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+        if "step" in record and "stage" in record:
+            stages.setdefault(record["stage"], []).append(record)
+    return {stage: sorted(rows, key=lambda r: r["step"]) for stage, rows in stages.items()}
+
+
+def plot_curves(runs, path):
+    """Training curves of one or more runs ({label: run_dir}) into one PNG; returns the path."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    for (label, run_dir), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
+        metrics = read_metrics(run_dir)
+        for ax, (stage, name, title) in zip(axes.flat, CURVES):
+            rows = [r for r in metrics.get(stage, []) if r.get(name) is not None]
+            if rows:
+                ax.plot([r["step"] for r in rows], [r[name] for r in rows], color=color, label=label)
+            if name == "mean_v_gt":
+                rows = [r for r in metrics.get(stage, []) if r.get("mean_v_generated") is not None]
+                if rows:
+                    ax.plot([r["step"] for r in rows], [r["mean_v_generated"] for r in rows], color=color,
+                            linestyle="--")
+    for ax, (_, _, title) in zip(axes.flat, CURVES):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines and len(runs) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle("Training curves" + (" (with ablations)" if len(runs) > 1 else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_curves(run_dir, ablations=None):
+    """RUN_DIR/curves.png: this run's curves, and those of the ablation runs ({label: dir}) if given."""
+    run_dir = Path(run_dir)
+    return plot_curves({run_dir.name or "run": run_dir, **(ablations or {})}, run_dir / "curves.png")
+
+
+def plot_return_density(records, path):
+    """Figure 3: the density of R~ per true outcome, one panel per policy and one for all."""
+    import numpy as np
+    from scipy.stats import gaussian_kde
+
+    plt = _pyplot()
+    policies = list(dict.fromkeys(r["policy"] for r in records))
+    groups = [("all samples", records)] + ([(p, [r for r in records if r["policy"] == p]) for p in policies]
+                                           if len(policies) > 1 else [])
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    returns = [r["return"] for r in records]
+    low, high = (min(returns), max(returns)) if returns else (-1.0, 1.0)
+    pad = 0.05 * (high - low or 1.0)
+    grid = np.linspace(low - pad, high + pad, 400)
+    for ax, (title, rows) in zip(axes[0], groups):
+        for outcome in OUTCOMES:
+            values = np.array([r["return"] for r in rows if r["outcome"] == outcome])
+            label = f"{OUTCOME_LABELS[outcome]} (n={len(values)})"
+            if len(values) >= 2 and np.ptp(values) > 0:
+                ax.plot(grid, gaussian_kde(values)(grid), color=OUTCOME_COLORS[outcome], label=label)
+            elif len(values):  # a point mass: no density to estimate
+                ax.axvline(values[0], color=OUTCOME_COLORS[outcome], linestyle=":", label=label + ", all equal")
+        ax.set_title(f"R~ by outcome: {title}", fontsize=10)
+        ax.set_xlabel("R~(W) = sum_t r~(s_t, a_t)")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def ms_for(pool):
+    """The m of Figure 5: 2^4..2^8 within the pool, else the powers of two up to it (and the pool)."""
+    paper = [m for m in (16, 32, 64, 128, 256) if m <= pool]
+    if len(paper) >= 2:
+        return paper
+    ms = [2 ** i for i in range(int(math.log2(pool)) + 1)] if pool >= 1 else []
+    return ms + ([pool] if pool not in ms else [])
+
+
+def ranked_by_m(records, ks=(1, 5)):
+    """{policy: {m: {"ranked": {...}, "unranked": {...}}}} on the main pool (see ms_for)."""
+    curves = {}
+    for policy in dict.fromkeys(r["policy"] for r in records):
+        groups = {}
+        for r in records:
+            if r["policy"] == policy and r.get("pool", "main") == "main":
+                groups.setdefault(r["task_id"], []).append({**r, "passed": r["outcome"] == "passed"})
+        pool = min(len(g) for g in groups.values())
+        curves[policy] = {m: protocol_table(list(groups.values()), ("ranked",), ks, m) for m in ms_for(pool)}
+        unranked = protocol_table(list(groups.values()), ("unranked",), ks)["unranked"]
+        for m in curves[policy]:
+            curves[policy][m]["unranked"] = unranked
+    return curves
+
+
+def plot_ranked_vs_m(curves, path, ks=(1, 5)):
+    """Figure 5: ranked pass@k against m (log2 axis), unranked pass@k dotted for reference."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-o", "-s", "-^", "-v"]
+    for c, (policy, by_m) in enumerate(curves.items()):
+        ms = sorted(by_m)
+        for s, k in enumerate(ks):
+            ys = [by_m[m]["ranked"].get(f"pass@{k}") for m in ms]
+            points = [(m, y) for m, y in zip(ms, ys) if y is not None]
+            if points:
+                ax.plot(*zip(*points), styles[s % len(styles)], color=colors[c % len(colors)],
+                        label=f"{policy} ranked pass@{k}")
+            unranked = by_m[ms[0]]["unranked"].get(f"pass@{k}") if ms else None
+            if unranked is not None:
+                ax.axhline(unranked, color=colors[c % len(colors)], linestyle=":", alpha=0.6 + 0.2 * s)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("m (candidates ranked by R~)")
+    ax.set_ylabel("pass@k (dotted: unranked)")
+    ax.set_title("Ranked pass@k against m", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _fmt(x, percent=True):
+    if x is None:
+        return "–"
+    return f"{100 * x:.1f}" if percent else f"{x:.2f}"
+
+
+def pass_table(report, ks):
+    policies = report.get("policies", [p for p in ("ckpt", "theta") if p in report])
+    settings = report.get("settings", {})
+    lines = ["| model | protocol | " + " | ".join(f"pass@{k}" for k in ks) + " | n | m | temperature |",
+             "|---|---|" + "---|" * len(ks) + "---|---|---|"]
+    filt = settings.get("filter")
+    for policy in policies:
+        name = {"ckpt": "θ_ckpt", "theta": "θ (B-Coder)"}.get(policy, policy)
+        if "greedy" in report[policy]:
+            lines.append(f"| {name} | greedy | {_fmt(report[policy]['greedy'].get('pass@1'))} |"
+                         + " – |" * (len(ks) - 1) + " 1 | 1 | 0 |")
+        for protocol in PROTOCOLS:
+            if protocol not in report[policy]:
+                continue
+            n, m, t = settings.get("n"), settings.get("m"), settings.get("temperature")
+            if protocol == "unranked":
+                m = "–"
+            if filt and protocol in ("filtered", "oracle"):
+                n, m, t = filt["n"], filt["m"], filt["temperature"]
+            cells = " | ".join(_fmt(report[policy][protocol].get(f"pass@{k}")) for k in ks)
+            lines.append(f"| {name} | {protocol} | {cells} | {n} | {m} | {t} |")
+    return lines
+
+
+def difficulty_tables(report, ks):
+    lines = []
+    for policy in report.get("policies", []):
+        by = report[policy].get("by_difficulty")
+        if not by:
+            continue
+        lines += ["", f"**{policy}, by difficulty** (pass@k, %)", "",
+                  "| difficulty | problems | " + " | ".join(f"{p} @{k}" for p in PROTOCOLS for k in ks) + " |",
+                  "|---|---|" + "---|" * (len(PROTOCOLS) * len(ks))]
+        for difficulty, table in by.items():
+            cells = " | ".join(_fmt(table.get(p, {}).get(f"pass@{k}")) for p in PROTOCOLS for k in ks)
+            lines.append(f"| {difficulty} | {table.get('problems')} | {cells} |")
+    return lines
+
+
+def outcome_table(report):
+    returns = report.get("return_by_outcome", {})
+    lines = ["| programs | " + " | ".join(OUTCOME_LABELS[o] for o in OUTCOMES) + " | ordered as the paper? |",
+             "|---|" + "---|" * len(OUTCOMES) + "---|"]
+    for group, stats in returns.items():
+        cells = " | ".join(f"{_fmt(stats[o]['mean'], False)} (n={stats[o]['count']})" for o in OUTCOMES)
+        lines.append(f"| {group} | {cells} | {ordering_verdict(stats)} |")
+    return lines
+
+
+def ordering_verdict(stats):
+    """Whether mean R~ is ordered passed > failed > runtime error > compile error over the outcomes seen."""
+    seen = [(o, stats[o]["mean"]) for o in OUTCOMES if stats[o]["mean"] is not None]
+    if len(seen) < 2:
+        return "too few outcomes seen"
+    broken = [f"{OUTCOME_LABELS[a]} ≤ {OUTCOME_LABELS[b]}" for (a, x), (b, y) in zip(seen, seen[1:]) if not x > y]
+    return "yes" if not broken else "no: " + ", ".join(broken)
+
+
+def training_summary(run_dir):
+    metrics = read_metrics(run_dir)
+    walls = {r["stage"]: r["wall_seconds"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if "wall_seconds" in r}
+    lines = ["| stage | steps | last loss | last td_loss | last adv_loss | last ce_loss | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for stage in ("sft", "sample", "phi", "theta", "eval"):
+        rows = metrics.get(stage, [])
+        last = rows[-1] if rows else {}
+        cell = lambda name: f"{last[name]:.4g}" if isinstance(last.get(name), (int, float)) else "–"
+        if rows or stage in walls:
+            lines.append(f"| {stage} | {last.get('step', '–')} | {cell('loss')} | {cell('td_loss')} | "
+                         f"{cell('adv_loss')} | {cell('ce_loss')} | {walls.get(stage, float('nan')):.0f} |")
+    return lines
+
+
+def write_report(run_dir, ablations=None):
+    """RUN_DIR/report.md and its figures (see the module docstring); returns the report's path."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    report = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
+    records = [r for r in read_jsonl(run_dir / "eval_samples.jsonl") if "return" in r]
+    ks = tuple(config.get("eval_ks", (1, 5)))
+    write_curves(run_dir, ablations)
+    lines = [f"# B-Coder run report: `{run_dir}`", "",
+             f"Data `{config.get('data', '?')}` ({config.get('n_test', '?')} held-out problems in the tiny set), "
+             f"θ_ckpt from {'`' + config['model'] + '`' if config.get('model') else 'sft'}; "
+             f"sft {config.get('sft_steps')} / phi {config.get('phi_steps')} / theta {config.get('theta_steps')} steps, "
+             f"operator {config.get('operator')}, γ={config.get('gamma')}, α={config.get('alpha')}.", ""]
+    if report is None:
+        lines += ["No eval.json: run the eval stage (`python -m bcoder.train --out RUN_DIR --resume --stage eval`)."]
+    else:
+        settings = report.get("settings", {})
+        lines += ["## pass@k (%) on the held-out problems", "",
+                  f"Each model samples n={settings.get('n')} programs per problem (temperature "
+                  f"{settings.get('temperature')}, top-p {settings.get('top_p')}); every program is scored by "
+                  f"R~ under θ's Q-model (also θ_ckpt's samples) and run against the example and hidden tests. "
+                  "unranked: the unbiased estimator from n; ranked: top k of m by R~; filtered: the same after "
+                  "dropping programs that fail the example tests (none left = unsolved); oracle: filtered by the "
+                  "hidden tests (pass@m, the upper bound). With m < n, the exact mean over the pool's m-subsets.",
+                  "", *pass_table(report, ks), *difficulty_tables(report, ks), "",
+                  "## Mean R~ per true outcome (hidden tests)", "", *outcome_table(report), ""]
+    if records:
+        plot_return_density(records, run_dir / "returns.png")
+        curves = ranked_by_m(records, ks)
+        plot_ranked_vs_m(curves, run_dir / "ranked_vs_m.png", ks)
+        rows = ["| model | m | " + " | ".join(f"ranked pass@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+        for policy, by_m in curves.items():
+            for m, table in sorted(by_m.items()):
+                rows.append(f"| {policy} | {m} | " + " | ".join(_fmt(table['ranked'].get(f'pass@{k}')) for k in ks)
+                            + " |")
+        lines += ["## Figures", "", "Density of R~ per outcome (paper Figure 3):", "", "![R~ by outcome](returns.png)",
+                  "", "Ranked pass@k against m (paper Figure 5; dotted: unranked):", "",
+                  "![ranked vs m](ranked_vs_m.png)", "", *rows, ""]
+    lines += ["Training curves (paper Figure 1" + (", with " + ", ".join(ablations) if ablations else "") + "):", "",
+              "![training curves](curves.png)", "", "## Training", "", *training_summary(run_dir), ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def after_stage(run_dir, stage):
+    """bcoder.train's hook: curves.png after sft/phi/theta, the report after eval. A figure that
+    cannot be drawn warns; it never fails a run whose models are already saved."""
+    try:
+        if stage in ("sft", "phi", "theta"):
+            write_curves(run_dir)
+        elif stage == "eval":
+            print(f"report: {write_report(run_dir)}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - plotting must not lose a trained run
+        print(f"bcoder.report: warning: no figures after {stage}: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="the run directory")
+    parser.add_argument("--ablation", action="append", default=[], metavar="NAME=RUN_DIR",
+                        help="another run's training curves to overlay (Figure 1); repeatable")
+    args = parser.parse_args(argv)
+    ablations = {}
+    for item in args.ablation:
+        name, _, directory = item.rpartition("=")
+        ablations[name or Path(directory).name] = Path(directory)
+    missing = [str(d) for d in [Path(args.run), *ablations.values()] if not d.is_dir()]
+    if missing:
+        sys.exit(f"bcoder.report: not a run directory: {', '.join(missing)}")
+    print(write_report(args.run, ablations))
+
+
+if __name__ == "__main__":
+    main()
