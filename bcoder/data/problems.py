@@ -23,6 +23,7 @@ class Problem:
     solutions: list = field(default_factory=list)   # reference programs, complete sources
     entry_point: str = ""
     starter_code: str = ""
+    difficulty: str = ""                            # APPS: introductory, interview or competition
 
     @property
     def tests(self):
