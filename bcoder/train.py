@@ -45,26 +45,26 @@ class TrainConfig:
     model: str = ""                   # a T5 checkpoint directory (with its tokenizer) instead of sft
     replay: str = ""                  # an existing replay database to start from (skips sampling)
     seed: int = 0
-    n_train: int = 400                # tiny data set sizes
+    n_train: int = 1000               # tiny data set sizes
     n_test: int = 100
     max_prompt_tokens: int = 600      # SPEC 7
     max_program_tokens: int = 512
     # the theta_ckpt trained from scratch by sft (tiny presets)
-    d_model: int = 64
-    d_ff: int = 256
+    d_model: int = 128
+    d_ff: int = 512
     layers: int = 2
     heads: int = 4
-    sft_steps: int = 600
+    sft_steps: int = 500
     sft_batch: int = 64
-    sft_lr: float = 3e-3
+    sft_lr: float = 2e-3
     # sample
-    samples_per_problem: int = 8
+    samples_per_problem: int = 4
     sample_temperature: float = 1.0
     top_p: float = 0.95
     sandbox_timeout: float = 4.0
     workers: int = 0                  # sandbox workers; 0 = one per core
     # phi and theta stages (SPEC 7; presets scale the step counts and learning rates)
-    phi_steps: int = 150
+    phi_steps: int = 100
     phi_batch: int = 64
     phi_lr: float = 1e-3
     theta_steps: int = 150
