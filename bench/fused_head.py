@@ -11,11 +11,12 @@ hidden, lm_head_weight and values (conservative operator, checkpoint hidden stat
 on two batches of B = N / 512 programs of T = 512 positions (lengths uniform in [T/2, T]): a
 quarter of the programs ground truth (their rows get the dense cross-entropy gradient) and none.
 
-Each variant runs in a fresh subprocess. Peak memory is the rise of the process's peak resident
+Peak memory is measured in a fresh subprocess per variant: the rise of the process's peak resident
 set (VmHWM in /proc/self/status, reset through /proc/self/clear_refs once the inputs exist) over
 the first forward + backward, so it counts everything that pass allocates, the returned gradients
 included (d W is [V, H]); large blocks are mmap'd (MALLOC_MMAP_THRESHOLD_) so that the resident
-set follows live memory. Times are medians over --repeats passes, the first included.
+set follows live memory. Times are medians over --repeats rounds in one process that runs the
+variants in turn (a shared machine's changing load then hits both alike), the first round included.
 """
 import argparse
 import json
@@ -36,7 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, default=512, help="H")
     parser.add_argument("--vocab", type=int, default=32128, help="V")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -65,18 +66,16 @@ def make_inputs(args, ground_truth_fraction):
     )
 
 
-def worker(args):
-    """Runs one variant on one batch; prints a JSON line: peak MiB, forward and fwd+bwd times."""
+def passes(variant, inputs):
+    """(forward, forward_backward) of one variant on the inputs of make_inputs."""
     import torch
 
     import bcoder
 
-    variant, batch = args.worker
-    inputs = make_inputs(args, 0.25 if batch == BATCHES[0] else 0.0)
     trained = (inputs["hidden"], inputs["lm_head_weight"], inputs["values"])
     labels = {k: inputs[k] for k in ("values", "actions", "mask", "rewards", "is_ground_truth")}
 
-    def loss():
+    def forward():
         if variant == VARIANTS[1]:
             return bcoder.bellman_loss_from_hidden(**inputs).loss
         logits = inputs["hidden"] @ inputs["lm_head_weight"].T
@@ -85,18 +84,36 @@ def worker(args):
         return bcoder.bellman_loss(logits, ckpt_logits, **labels, backend="cpp").loss
 
     def forward_backward():
-        torch.autograd.grad(loss(), trained)
+        torch.autograd.grad(forward(), trained)
 
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset VmHWM to the current resident set
-    base_kib = memory_kib("VmRSS")
-    times = [timed(forward_backward)]
-    peak_mib = (memory_kib("VmHWM") - base_kib) / 1024
-    times += [timed(forward_backward) for _ in range(args.repeats - 1)]
-    with torch.no_grad():
-        forward = [timed(loss) for _ in range(args.repeats)]
-    print(json.dumps({"peak_mib": peak_mib, "forward_s": statistics.median(forward),
-                      "fwd_bwd_s": statistics.median(times)}))
+    return forward, forward_backward
+
+
+def worker(args):
+    """`peak VARIANT BATCH`: the peak RSS rise (MiB) of one forward + backward, in a fresh process.
+    `times BATCH`: median seconds of each variant's forward (no grad) and forward + backward, the
+    variants interleaved round by round so that a change in the machine's load hits both alike.
+    Prints one JSON line."""
+    import torch
+
+    mode, *rest = args.worker
+    batch = rest[-1]
+    inputs = make_inputs(args, 0.25 if batch == BATCHES[0] else 0.0)
+    if mode == "peak":
+        _, forward_backward = passes(rest[0], inputs)
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # reset VmHWM to the current resident set
+        base_kib = memory_kib("VmRSS")
+        forward_backward()
+        return print(json.dumps((memory_kib("VmHWM") - base_kib) / 1024))
+    times = {(variant, kind): [] for variant in VARIANTS for kind in ("forward", "fwd_bwd")}
+    for _ in range(args.repeats):
+        for variant in VARIANTS:
+            forward, forward_backward = passes(variant, inputs)
+            times[variant, "fwd_bwd"].append(timed(forward_backward))
+            with torch.no_grad():
+                times[variant, "forward"].append(timed(forward))
+    print(json.dumps({f"{variant}|{kind}": statistics.median(t) for (variant, kind), t in times.items()}))
 
 
 def timed(fn):
@@ -119,18 +136,23 @@ def main():
           f"conservative operator with checkpoint hidden states and weight; forward + backward w.r.t. hidden, "
           f"W and values. torch {torch.__version__}, {torch.get_num_threads()} threads. One [N, V] fp32 "
           f"tensor is {logits_mib:.0f} MiB. Peak: rise of the peak RSS over one forward + backward (gradients "
-          f"included); times: medians of {args.repeats}.\n")
+          f"included); times: medians of {args.repeats}, the variants interleaved.\n")
     # Large blocks straight from mmap and back to the kernel on free, so the resident set follows
     # what is live rather than what glibc's heap keeps.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**16)}
+    worker_command = [sys.executable, __file__, "--rows", str(args.rows), "--hidden", str(args.hidden),
+                      "--vocab", str(args.vocab), "--repeats", str(args.repeats), "--worker"]
+
+    def run_worker(*worker_args):
+        result = subprocess.run(worker_command + list(worker_args), check=True, capture_output=True, text=True, env=env)
+        return json.loads(result.stdout)
+
     rows = []
     for batch in BATCHES:
+        times = run_worker("times", batch)
         for variant in VARIANTS:
-            command = [sys.executable, __file__, "--rows", str(args.rows), "--hidden", str(args.hidden),
-                       "--vocab", str(args.vocab), "--repeats", str(args.repeats), "--worker", variant, batch]
-            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout)
-            rows.append([batch, variant, f"{result['forward_s']:.2f}", f"{result['fwd_bwd_s']:.2f}",
-                         f"{result['peak_mib']:.0f}"])
+            rows.append([batch, variant, f"{times[variant + '|forward']:.2f}", f"{times[variant + '|fwd_bwd']:.2f}",
+                         f"{run_worker('peak', variant, batch):.0f}"])
     print("| batch | variant | forward s | fwd+bwd s | peak MiB |\n|---|---|---|---|---|")
     print("\n".join("| " + " | ".join(row) + " |" for row in rows))
 
