@@ -52,7 +52,8 @@ def explicit_loss_and_grads(inputs, upstream=1.0, double=False, **kwargs):
     hidden, weight, values = (cast(inputs[k]) for k in ("hidden", "lm_head_weight", "values"))
     ckpt_logits = None
     if inputs["ckpt_hidden"] is not None:
-        ckpt_weight = inputs["lm_head_weight"] if inputs["ckpt_lm_head_weight"] is None else inputs["ckpt_lm_head_weight"]
+        ckpt_weight = inputs["ckpt_lm_head_weight"]
+        ckpt_weight = inputs["lm_head_weight"] if ckpt_weight is None else ckpt_weight
         ckpt_logits = (cast(inputs["ckpt_hidden"]) @ cast(ckpt_weight).T).detach()
     out = bcoder.bellman_loss(hidden @ weight.T, ckpt_logits, values, inputs["actions"], inputs["mask"],
                               inputs["rewards"], inputs["is_ground_truth"],
@@ -72,10 +73,11 @@ def assert_parity(inputs, upstream=1.0, backend="auto", chunk_rows=None, **kwarg
     for name, got, same_dtype, want in zip(names, (*fused, *fused_grads), (*explicit, *explicit_grads),
                                            (*oracle, *oracle_grads)):
         assert got.dtype == same_dtype.dtype and got.shape == same_dtype.shape, name
-        torch.testing.assert_close(got.double(), same_dtype.double(), rtol=tol, atol=tol * (1 + want.abs().max().item()),
+        scale = 1 + want.abs().max().item()
+        torch.testing.assert_close(got.double(), same_dtype.double(), rtol=tol, atol=tol * scale,
                                    msg=lambda m: f"{name} vs bellman_loss: {m}")
         error = (got.double() - want).abs().max()
-        allowed = (same_dtype.double() - want).abs().max() + tol * (1 + want.abs().max())
+        allowed = (same_dtype.double() - want).abs().max() + tol * scale
         assert error <= allowed, f"{name}: error vs float64 {error:.3g} > allowed {allowed:.3g}"
     return fused
 
