@@ -39,6 +39,7 @@ from bcoder.data.mbpp import load_mbpp
 from bcoder.data.problems import DataError, read_jsonl
 from bcoder.sandbox import REWARDS, run_programs
 
+EVAL_CHUNK = 16  # held-out problems per sampling call and seed in evaluate_run
 LOADERS = {"mbpp": load_mbpp, "humaneval": load_humaneval, "apps": load_apps}
 
 
@@ -226,8 +227,8 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
     from tqdm import tqdm
 
     from bcoder.data.prompt import apps_prompt
+    from bcoder import distributed as dist
     from bcoder.rank import Scorer, read_run_config
-    from bcoder.sandbox import Sandbox, SandboxConfig
     from bcoder.train import EVAL_FILE, generate, load_problems
 
     run_dir = Path(run_dir)
@@ -237,6 +238,7 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
         problems = load_problems(config)[1]
     by_id = {p.task_id: p for p in problems}
     scorer = Scorer.from_run(run_dir, config)
+    scorer.model.to(dist.device())
     m = config.rank_m or None
     settings = {"n": config.eval_samples, "m": min(m or config.eval_samples, config.eval_samples),
                 "temperature": config.eval_temperature, "top_p": config.top_p, "ks": list(config.eval_ks),
@@ -248,18 +250,24 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
             pools.append(("filter", config.filter_samples, config.filter_temperature))
             settings["filter"] = {"n": config.filter_samples, "m": config.filter_samples,
                                   "temperature": config.filter_temperature}
-        for policy in policies:
+        for index, policy in enumerate(policies):
             policy_model = scorer.model.policy_model(policy)
-            torch.manual_seed(config.seed)
             greedy[policy] = []
-            for start in tqdm(range(0, len(problems), 16), desc=f"eval {policy}", unit="chunk", file=sys.stderr):
-                chunk = problems[start:start + 16]
-                greedy[policy] += generate(policy_model, scorer.tokenizer, chunk, 1, 0, config)
+            # Chunks of EVAL_CHUNK problems, each with its own seed: the same programs however many
+            # processes share them (rank r takes chunks r, r + N, ...; bcoder.distributed).
+            for start in tqdm(dist.shard(range(0, len(problems), EVAL_CHUNK)), desc=f"eval {policy}", unit="chunk",
+                              file=sys.stderr, disable=not dist.is_main()):
+                torch.manual_seed(hash((config.seed, index, start)) % 2**31)
+                chunk = problems[start:start + EVAL_CHUNK]
+                greedy[policy] += zip(range(start, start + len(chunk)),
+                                      generate(policy_model, scorer.tokenizer, chunk, 1, 0, config))
                 for pool, size, temperature in pools:
                     programs = sample_pool(policy_model, scorer.tokenizer, chunk, size, temperature, config)
                     owners = [p for p in chunk for _ in range(size)]
                     records += [{"policy": policy, "pool": pool, "task_id": p.task_id, "program": program}
                                 for p, program in zip(owners, programs)]
+                for i, r in enumerate(records[len(records) - len(chunk) * sum(size for _, size, _ in pools):]):
+                    r["_order"] = (index, start, i)
     else:
         records = [{"policy": str(s.get("policy", "samples")), "pool": "main", "task_id": str(s["task_id"]),
                     "program": s["program"]} for s in samples]
@@ -267,19 +275,25 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
         if unknown:
             raise DataError(f"samples for task ids that are not among the problems: {sorted(unknown)[:5]}")
         policies = list(dict.fromkeys(r["policy"] for r in records))
-        counts = {len([r for r in records if r["policy"] == policy and r["task_id"] == t])
-                  for policy in policies for t in by_id}
-        settings.update(n=max(counts), m=min(m or max(counts), max(counts)), temperature=None, top_p=None,
-                        samples="given")
+        per_task = {}
+        for r in records:
+            per_task[(r["policy"], r["task_id"])] = per_task.get((r["policy"], r["task_id"]), 0) + 1
+        n = max(per_task.values(), default=0)
+        settings.update(n=n, n_min=min(per_task.values(), default=0), m=min(m or n, n), temperature=None,
+                        top_p=None, samples="given")
         wanted = {r["task_id"] for r in records}
         problems = [p for p in problems if p.task_id in wanted]
-    with Sandbox(SandboxConfig(timeout=config.sandbox_timeout), workers=workers or config.workers or None) as sandbox:
+        for i, r in enumerate(records):
+            r["_order"] = (i,)
+        records = dist.shard(records)  # judged and scored by rank r: every N-th from r on
+    with dist.sandbox(config.sandbox_timeout, workers or config.workers) as sandbox:
         _judge(sandbox, records, by_id, "outcome", lambda p: p.hidden_tests)
         if "filtered" in protocols:
             _judge(sandbox, [r for r in records if r["pool"] == ("filter" if "filter" in settings else "main")],
                    by_id, "example_outcome", lambda p: p.example_tests)
-        greedy_outcomes = {policy: [r.outcome for r in sandbox.run(programs, [p.hidden_tests for p in problems])]
-                           for policy, programs in greedy.items()}
+        greedy_outcomes = {policy: list(zip([i for i, _ in pairs], sandbox.run(
+            [program for _, program in pairs], [problems[i].hidden_tests for i, _ in pairs])))
+                           for policy, pairs in greedy.items()}
     keys = list(dict.fromkeys((r["task_id"], r["program"]) for r in records))
     scores = dict(zip(keys, scorer.score([apps_prompt(by_id[t]) for t, _ in keys], [p for _, p in keys])))
     for r in records:
@@ -288,6 +302,15 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
         if "example_outcome" in r:
             r["example_passed"] = r["example_outcome"] == "passed"
         r["difficulty"] = getattr(by_id[r["task_id"]], "difficulty", "")
+    # Rank 0 gathers every rank's records (in one process's order) and alone writes the report.
+    gathered = dist.gather((records, greedy_outcomes))
+    if not dist.is_main():
+        return dist.broadcast(None)
+    records = sorted((r for part, _ in gathered for r in part), key=lambda r: r.pop("_order"))
+    greedy_outcomes = {policy: [r.outcome for _, r in sorted((pair for _, outcomes in gathered
+                                                              for pair in outcomes.get(policy, ())),
+                                                             key=lambda pair: pair[0])]
+                       for policy in greedy_outcomes}
 
     report = {"policies": list(policies), "settings": settings}
     for policy in policies:
@@ -308,7 +331,7 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
         for r in records:
             f.write(json.dumps({k: r[k] for k in ("policy", "pool", "task_id", "difficulty", "program", "return",
                                                   "outcome", "example_outcome") if k in r}) + "\n")
-    return report
+    return dist.broadcast(report)
 
 
 def run_main(args):
