@@ -91,6 +91,8 @@ class Scorer:
             rows = order[start:start + self.batch_size]
             prompt_ids, prompt_mask = encode(self.tokenizer, [prompts[i] for i in rows], self.max_prompt_tokens)
             actions, mask = encode(self.tokenizer, [programs[i] for i in rows], self.max_program_tokens)
+            device = next(self.model.parameters()).device
+            prompt_ids, prompt_mask, actions, mask = (t.to(device) for t in (prompt_ids, prompt_mask, actions, mask))
             out = self.model(prompt_ids, prompt_mask, actions)
             r = token_rewards(out.logits.float(), out.values.float(), actions, mask, self.gamma, self.alpha,
                               backend=self.backend)

@@ -14,6 +14,17 @@ Stages, in order, each resumable and each writing into the run directory:
           and generated programs; writes theta/.
   eval    greedy and sampled pass@k of theta_ckpt and theta on the held-out problems; eval.json.
 
+Across processes (bcoder.distributed; docs in the README):
+
+    torchrun --nproc_per_node N -m bcoder.train --preset tiny --out runs/tiny [--fsdp]
+
+runs every stage on N ranks (NCCL on GPUs, cuda:LOCAL_RANK each; Gloo on CPUs). sft_batch,
+phi_batch and theta_batch are GLOBAL batches: rank r trains on its block of global_batch / N rows
+of every batch (N must divide them) with DDP (or FSDP2 with --fsdp), the loss normalisers summed
+over the ranks, so N processes train as one does. sample and eval shard their problem chunks
+(seeded per chunk, not per rank); rank 0 alone writes the run directory and the replay database.
+Checkpoints hold the full model and optimiser state: any N resumes them.
+
 The run directory also holds config.json (the resolved config), metrics.jsonl (every logged
 step), curves.png, and state/ (the resume checkpoints: model, optimiser, scheduler, RNG and
 data position).
@@ -33,8 +44,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from bcoder import distributed as dist
 from bcoder.data.problems import DataError
 
+SAMPLE_CHUNK = 16                 # problems per sampling call (and per seed) in the sample stage
 REPLAY_FILE, CONFIG_FILE, METRICS_FILE, EVAL_FILE = "replay.db", "config.json", "metrics.jsonl", "eval.json"
 STAGES = ("sft", "sample", "phi", "theta", "eval")
 
@@ -110,9 +123,13 @@ class TrainingError(RuntimeError):
 # ----- the run directory -----
 
 class Run:
-    def __init__(self, directory, config):
-        self.dir, self.config = Path(directory), config
-        (self.dir / "state").mkdir(parents=True, exist_ok=True)
+    """The run directory. Across processes only rank 0 writes to it (state, metrics, markers); every
+    rank reads it. `fsdp`: train with FSDP2 instead of DDP (a launch option, not part of the config)."""
+
+    def __init__(self, directory, config, fsdp=False):
+        self.dir, self.config, self.fsdp = Path(directory), config, fsdp
+        if dist.is_main():
+            (self.dir / "state").mkdir(parents=True, exist_ok=True)
 
     def path(self, name):
         return self.dir / name
@@ -121,10 +138,13 @@ class Run:
         return (self.dir / "state" / f"{stage}.done").exists()
 
     def mark_done(self, stage):
-        (self.dir / "state" / f"{stage}.done").touch()
+        if dist.is_main():
+            (self.dir / "state" / f"{stage}.done").touch()
 
     def save_state(self, stage, state):
-        """Atomically: a kill mid-write leaves the previous checkpoint."""
+        """Atomically: a kill mid-write leaves the previous checkpoint. Rank 0 only."""
+        if not dist.is_main():
+            return
         target = self.dir / "state" / f"{stage}.pt"
         torch.save(state, target.with_suffix(".tmp"))
         os.replace(target.with_suffix(".tmp"), target)
@@ -134,13 +154,15 @@ class Run:
         return torch.load(target, weights_only=False) if target.exists() else None
 
     def log(self, record):
+        if not dist.is_main():
+            return
         with open(self.dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def forget_metrics_after(self, stage, step):
         """Drops metrics that a killed run logged past its last checkpoint, before resuming at `step`."""
         path = self.dir / METRICS_FILE
-        if not path.exists():
+        if not dist.is_main() or not path.exists():
             return
         kept = [line for line in path.read_text().splitlines()
                 if not (json.loads(line).get("stage") == stage and json.loads(line).get("step", -1) >= step)]
@@ -223,17 +245,40 @@ def prompts_of(problems):
 # ----- the training loop shared by sft, phi and theta -----
 
 def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
-    """Runs step_fn(step) -> (loss, metrics) for steps [start, steps) with AdamW, resuming from
-    the stage's last checkpoint; `decay` picks linear decay to 0 (else a constant lr)."""
+    """Runs step_fn(step, net) -> (loss, metrics) for steps [start, steps) with AdamW, resuming from
+    the stage's last checkpoint; `decay` picks linear decay to 0 (else a constant lr).
+
+    `model` sits on this process's device; `net` is what step_fn calls: the model itself in one
+    process, its DistributedDataParallel (or, with run.fsdp, FSDP2) wrapper across several.
+    `parameters(model)` lists the trained parameters. Each rank's loss must be scaled so that the
+    ranks' mean is the global batch's loss (DDP averages the gradients); metrics["tokens"] is this
+    rank's count. Rank 0 logs and saves the checkpoints: the unwrapped model's full state and the
+    optimiser's, so that any number of processes resumes them. Returns the trained model (unwrapped).
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+
     config = run.config
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay)
+    full = StateDictOptions(full_state_dict=True)
+    state = run.load_state(stage)
+    sharded = bool(getattr(run, "fsdp", False)) and dist.active()
+    if state is not None:  # the full state, from any number of processes, with or without FSDP
+        model.load_state_dict(state["model"])
+        if sharded and not state.get("sharded", False):
+            # An optimiser state keyed by parameter index (saved without FSDP): key it by name first.
+            plain = torch.optim.AdamW(parameters(model), lr=lr, weight_decay=config.weight_decay)
+            plain.load_state_dict(state["optimizer"])
+            state["optimizer"], state["sharded"] = get_optimizer_state_dict(model, plain, options=full), True
+    net = dist.wrap(model, fsdp=sharded)
+    optimizer = torch.optim.AdamW(parameters(model), lr=lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda step: max(0.0, 1 - step / steps)) if decay else (lambda step: 1.0))
     start = 0
-    state = run.load_state(stage)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded", False):  # keyed by parameter name: FSDP's (full) optimiser state
+            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -241,28 +286,62 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
         run.forget_metrics_after(stage, start)
     model.train()
     last = time.perf_counter()
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step", file=sys.stderr):
-        loss, metrics = step_fn(step)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"{stage}: non-finite loss {loss.item()} at step {step} "
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step", file=sys.stderr,
+                     disable=not dist.is_main()):
+        loss, metrics = step_fn(step, net)
+        # The ranks' mean loss: the global batch's; every rank sees the same value (and stops together).
+        total_loss, tokens = dist.all_sum([loss.item(), metrics.get("tokens", 0)])
+        total_loss /= dist.world_size()
+        if not math.isfinite(total_loss):
+            raise TrainingError(f"{stage}: non-finite loss {total_loss} at step {step} "
                                 f"({metrics.get('batch', 'batch ' + str(step))}); the last good checkpoint "
                                 f"is kept in {run.path('state')}, resume after fixing the cause")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        grad_norm = _clip_grad_norm(optimizer, config.grad_clip)
         optimizer.step()
         schedule.step()
         if (step + 1) % config.log_every == 0 or step + 1 == steps:
             now = time.perf_counter()
             seconds, last = now - last, now
             metrics.pop("batch", None)
-            run.log({"stage": stage, "step": step + 1, "loss": loss.item(), "grad_norm": grad_norm.item(),
+            metrics["tokens"] = int(tokens)
+            run.log({"stage": stage, "step": step + 1, "loss": total_loss, "grad_norm": grad_norm,
                      "lr": schedule.get_last_lr()[0], **metrics,
                      "tokens_per_second": metrics.get("tokens", 0) * config.log_every / seconds})
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
-            run.save_state(stage, {"step": step + 1, "model": model.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                   "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
+            if sharded:
+                from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+                options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+                model_state = get_model_state_dict(model, options=options)
+                optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+            else:
+                model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+            run.save_state(stage, {"step": step + 1, "model": model_state, "optimizer": optimizer_state,
+                                   "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+                                   "python_rng": random.getstate(), "sharded": sharded,
+                                   "world_size": dist.world_size()})
+    return model
+
+
+def _clip_grad_norm(optimizer, max_norm):
+    """Clips the (already averaged) gradients of every parameter the optimiser holds; their norm."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the shards
+        norm = norm.full_tensor()
+    return norm.item()
+
+
+def global_weights(*counts):
+    """(world_size * local / global) for each of this rank's counts (0 where the global count is 0).
+
+    A loss part that is a mean over n_local items times its weight, averaged over the ranks (as
+    DDP averages gradients), is the mean over all n_global items of the global batch; in one
+    process every weight is 1.0."""
+    totals = dist.all_sum(counts)
+    return [dist.world_size() * local / total if total else 0.0 for local, total in zip(counts, totals)]
 
 
 # ----- stages -----
@@ -276,26 +355,53 @@ def stage_sft(run):
     config = run.config
     train, _ = load_problems(config)
     tokenizer = tiny_tokenizer(train)
-    torch.manual_seed(config.seed)
-    model = T5ForConditionalGeneration(T5Config(
+    t5_config = T5Config(
         vocab_size=len(tokenizer), d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.heads,
         num_layers=config.layers, num_heads=config.heads, dropout_rate=0.0, decoder_start_token_id=tokenizer.pad_token_id,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, feed_forward_proj="relu"))
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, feed_forward_proj="relu")
+    torch.manual_seed(config.seed)
+    model = T5ForConditionalGeneration(t5_config).to(dist.device())
+    rows = dist.batch_slice(config.sft_batch)  # this rank's part of every global batch
     pairs = [(prompt, solution) for problem, prompt in zip(train, prompts_of(train)) for solution in problem.solutions]
 
-    def step_fn(step):
+    def step_fn(step, net):
         order = random.Random(f"{config.seed}/sft/{step * config.sft_batch // len(pairs)}").sample(pairs, len(pairs))
         start = step * config.sft_batch % len(pairs)
-        batch = (order + order)[start:start + config.sft_batch]
+        batch = (order + order)[start:start + config.sft_batch][rows]
         prompt_ids, prompt_mask = encode(tokenizer, [p for p, _ in batch], config.max_prompt_tokens)
         labels, label_mask = encode(tokenizer, [s for _, s in batch], config.max_program_tokens)
-        loss = model(input_ids=prompt_ids, attention_mask=prompt_mask,
-                     labels=labels.masked_fill(~label_mask, -100)).loss
-        return loss, {"ce_loss": loss.item(), "tokens": int(label_mask.sum())}
+        prompt_ids, prompt_mask, labels, label_mask = to_device(prompt_ids, prompt_mask, labels, label_mask)
+        loss = net(input_ids=prompt_ids, attention_mask=prompt_mask,
+                   labels=labels.masked_fill(~label_mask, -100)).loss
+        tokens = int(label_mask.sum())
+        weight, = global_weights(tokens)  # the mean over the global batch's tokens
+        ce = dist.all_sum([loss.item() * tokens])[0] / dist.all_sum([tokens])[0]
+        return loss * weight, {"ce_loss": ce, "tokens": tokens}
 
-    train_steps(run, "sft", model, list(model.parameters()), config.sft_steps, config.sft_lr, True, step_fn)
-    model.save_pretrained(run.path("ckpt"))
-    tokenizer.save_pretrained(run.path("ckpt"))
+    model = train_steps(run, "sft", model, lambda m: list(m.parameters()), config.sft_steps, config.sft_lr, True,
+                        step_fn)
+    save_on_main(run, model, run.path("ckpt"), lambda: T5ForConditionalGeneration(t5_config))
+    if dist.is_main():
+        tokenizer.save_pretrained(run.path("ckpt"))
+
+
+def to_device(*tensors):
+    return [t.to(dist.device(), non_blocking=True) for t in tensors]
+
+
+def save_on_main(run, model, directory, build):
+    """model.save_pretrained(directory) by rank 0. Under FSDP every rank gathers the full state to
+    rank 0 first, which loads it into a fresh unsharded model from build() and saves that."""
+    if dist.fsdp_units(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if dist.is_main():
+            model = build()
+            model.load_state_dict(state)
+    if dist.is_main():
+        model.save_pretrained(directory)
+    dist.barrier()
 
 
 def ckpt_dir(run):
@@ -323,35 +429,54 @@ def load_tokenizer(run):
 
 
 def stage_sample(run):
-    """m samples per training problem from theta_ckpt, scored in the sandbox, into the replay store."""
+    """m samples per training problem from theta_ckpt, scored in the sandbox, into the replay store.
+
+    Across N processes: the problems come in chunks of SAMPLE_CHUNK, each sampled with its own seed
+    (the same programs at any N); rank r samples and runs chunks r, r + N, ... on its own machine's
+    sandbox and sends them to rank 0, which alone writes the store, in chunk order (the rows that
+    one process would write, in the same order)."""
     from bcoder.replay import ReplayStore
-    from bcoder.sandbox import Sandbox, SandboxConfig
 
     config = run.config
-    model = load_ckpt(run)
+    model = load_ckpt(run).to(dist.device())
     train, _ = load_problems(config)
     tokenizer = load_tokenizer(run)
-    chunk = 16
+    chunk, ranks = SAMPLE_CHUNK, dist.world_size()
     state = run.load_state("sample") or {"next": 0}
-    with ReplayStore(run.path(REPLAY_FILE)) as store, \
-            Sandbox(SandboxConfig(timeout=config.sandbox_timeout), workers=config.workers or None) as sandbox:
-        if state["next"] == 0:
-            store.add_problems(train)
-            truths = [(p, s) for p in train for s in p.solutions]
-            results = sandbox.run([s for _, s in truths], [p.tests for p, _ in truths])
-            store.add_results([p.task_id for p, _ in truths], [s for _, s in truths], results,
-                              model="ground_truth", is_ground_truth=True)
-        for start in tqdm(range(state["next"], len(train), chunk), initial=state["next"] // chunk,
-                          total=math.ceil(len(train) / chunk), desc="sample", unit="chunk", file=sys.stderr):
-            problems = train[start:start + chunk]
-            torch.manual_seed(hash((config.seed, start)) % 2**31)
-            programs = generate(model, tokenizer, problems, config.samples_per_problem,
-                                config.sample_temperature, config)
-            owners = [p for p in problems for _ in range(config.samples_per_problem)]
-            results = sandbox.run(programs, [p.tests for p in owners])
-            store.add_results([p.task_id for p in owners], programs, results, model=str(ckpt_dir(run)))
-            run.save_state("sample", {"next": start + chunk})
-        run.log({"stage": "sample", "step": len(train), **{f"count_{k}": v for k, v in store.counts().items()}})
+    store = ReplayStore(run.path(REPLAY_FILE)) if dist.is_main() else None
+    try:
+        with dist.sandbox(config.sandbox_timeout, config.workers) as sandbox:
+            if state["next"] == 0:
+                truths = [(p, s) for p in train for s in p.solutions]
+                mine = truths[dist.contiguous_part(len(truths))]
+                results = sandbox.run([s for _, s in mine], [p.tests for p, _ in mine])
+                results = dist.gather(results)
+                if store is not None:
+                    store.add_problems(train)
+                    store.add_results([p.task_id for p, _ in truths], [s for _, s in truths],
+                                      [r for part in results for r in part], model="ground_truth",
+                                      is_ground_truth=True)
+            for round_start in tqdm(range(state["next"], len(train), chunk * ranks),
+                                    total=math.ceil((len(train) - state["next"]) / (chunk * ranks)), desc="sample",
+                                    unit="round", file=sys.stderr, disable=not dist.is_main()):
+                start, mine = round_start + dist.rank() * chunk, None
+                if start < len(train):
+                    problems = train[start:start + chunk]
+                    torch.manual_seed(hash((config.seed, start)) % 2**31)
+                    programs = generate(model, tokenizer, problems, config.samples_per_problem,
+                                        config.sample_temperature, config)
+                    owners = [p for p in problems for _ in range(config.samples_per_problem)]
+                    results = sandbox.run(programs, [p.tests for p in owners])
+                    mine = ([p.task_id for p in owners], programs, results)
+                for part in dist.gather(mine) or ():
+                    if part is not None:
+                        store.add_results(*part, model=str(ckpt_dir(run)))
+                run.save_state("sample", {"next": min(len(train), round_start + chunk * ranks)})
+        if store is not None:
+            run.log({"stage": "sample", "step": len(train), **{f"count_{k}": v for k, v in store.counts().items()}})
+    finally:
+        if store is not None:
+            store.close()
 
 
 def generate(policy_model, tokenizer, problems, samples, temperature, config):
@@ -360,6 +485,8 @@ def generate(policy_model, tokenizer, problems, samples, temperature, config):
     policy_model is a T5ForConditionalGeneration: sampling from softmax(logits) samples the
     B-Coder policy (SPEC section 2), so Hugging Face `generate` serves as it is."""
     prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
+    device = next(policy_model.parameters()).device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     if temperature == 0:
         sampling = {"do_sample": False}
     else:
@@ -395,49 +522,60 @@ def stage_value(run, stage):
 
     config = run.config
     tokenizer = load_tokenizer(run)
-    model = q_model_for(run, stage)
+    model = q_model_for(run, stage).to(dist.device())
     train, _ = load_problems(config)
     by_id = {p.task_id: p for p in train}
     prompts = dict(zip(by_id, prompts_of(train)))
     store = ReplayStore(run.path(REPLAY_FILE))
     batch_size = config.phi_batch if stage == "phi" else config.theta_batch
     batches = store.batches(batch_size, config.rho_real, seed=config.seed, problem_ids=list(by_id))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+    mine = dist.batch_slice(batch_size)  # this rank's rows of every global batch
+    device = dist.device()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+    beta_adv, beta_ce = (0.0, 0.0) if stage == "phi" else (config.beta_adv, config.beta_ce)
 
-    def step_fn(step):
-        rows = batches[step]
+    def step_fn(step, net):
+        rows = batches[step][mine]
         prompt_ids, prompt_mask = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
         programs, mask = encode(tokenizer, [r.program for r in rows], config.max_program_tokens)
-        with autocast:
-            out = model(prompt_ids, prompt_mask, programs)
         is_gt = torch.tensor([r.is_ground_truth for r in rows])
         rewards = torch.tensor([r.reward for r in rows])
-        if stage == "phi":  # L_V: the advantage is theta_ckpt's, frozen; only the TD term
-            parts = bellman_loss(out.logits.float(), None, out.values.float(), programs, mask, rewards, is_gt,
-                                 config.gamma, config.alpha, 0.0, 0.0, operator=config.operator,
-                                 backend=config.loss_backend)
-        else:
-            parts = bellman_loss(out.logits.float(), out.ckpt_logits.float(), out.values.float(), programs, mask,
-                                 rewards, is_gt, config.gamma, config.alpha, config.beta_adv, config.beta_ce,
-                                 operator=config.operator, backend=config.loss_backend)
-        metrics = {"td_loss": parts.td_loss.item(), "td_rmse": parts.td_loss.sqrt().item(),
-                   "adv_loss": parts.adv_loss.item(), "ce_loss": parts.ce_loss.item(),
-                   "tokens": int(mask.sum()), "batch": f"replay rows {[r.id for r in rows]}"}
+        prompt_ids, prompt_mask, programs, mask, is_gt, rewards = to_device(
+            prompt_ids, prompt_mask, programs, mask, is_gt, rewards)
+        with autocast:
+            out = net(prompt_ids, prompt_mask, programs)
+        # td is a mean over tokens, adv over ground-truth programs, ce over ground-truth tokens: weighted
+        # by this rank's share of the global counts, the ranks' mean loss is the global batch's.
+        gt_tokens = mask & is_gt.unsqueeze(1)
+        counts = [int(mask.sum()), int(is_gt.sum()), int(gt_tokens.sum())]
+        w_td, w_adv, w_ce = global_weights(*counts)
+        # phi: L_V, the advantage is theta_ckpt's, frozen; only the TD term
+        parts = bellman_loss(out.logits.float(), None if stage == "phi" else out.ckpt_logits.float(),
+                             out.values.float(), programs, mask, rewards, is_gt, config.gamma, config.alpha,
+                             beta_adv * w_adv / w_td, beta_ce * w_ce / w_td, operator=config.operator,
+                             backend=config.loss_backend)
+        sums = [parts.td_loss.item() * counts[0], parts.adv_loss.item() * counts[1],
+                parts.ce_loss.item() * counts[2], *counts]
         with torch.no_grad():
             logits = out.logits.float()
             value = capped_value(out.values.float())
             q = config.alpha * (logits.gather(-1, programs.unsqueeze(-1)).squeeze(-1) - logits.amax(-1)) + value
-            for name, rows_of in (("gt", is_gt), ("generated", ~is_gt)):
+            for rows_of in (is_gt, ~is_gt):
                 tokens = mask & rows_of.unsqueeze(1)
-                if tokens.any():
-                    metrics[f"mean_v_{name}"] = value[tokens].mean().item()
-                    metrics[f"mean_q_{name}"] = q[tokens].mean().item()
-        return parts.loss, metrics
+                sums += [value[tokens].sum().item(), q[tokens].sum().item(), int(tokens.sum())]
+        sums = dist.all_sum(sums)  # the global batch's metrics
+        td, adv, ce = (total / max(count, 1) for total, count in zip(sums[:3], sums[3:6]))
+        metrics = {"td_loss": td, "td_rmse": math.sqrt(td), "adv_loss": adv, "ce_loss": ce,
+                   "tokens": counts[0], "batch": f"replay rows {[r.id for r in rows]}"}
+        for name, (v, q_sum, count) in (("gt", sums[6:9]), ("generated", sums[9:12])):
+            if count:
+                metrics[f"mean_v_{name}"], metrics[f"mean_q_{name}"] = v / count, q_sum / count
+        return parts.loss * w_td, metrics
 
     steps, lr = (config.phi_steps, config.phi_lr) if stage == "phi" else (config.theta_steps, config.theta_lr)
-    train_steps(run, stage, model, model.trainable_parameters(), steps, lr, stage == "theta", step_fn)
+    model = train_steps(run, stage, model, lambda m: m.trainable_parameters(), steps, lr, stage == "theta", step_fn)
     store.close()
-    model.save_pretrained(run.path(stage))
+    save_on_main(run, model, run.path(stage), lambda: q_model_for(run, stage))
 
 
 def stage_eval(run):
@@ -471,6 +609,8 @@ def main(argv=None):
     parser.add_argument("--stage", choices=STAGES, help="run only this stage")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="delete --out first")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="under torchrun: shard the trained model with FSDP2 instead of replicating it (DDP)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
@@ -483,23 +623,39 @@ def main(argv=None):
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
     config = dataclasses.replace(PRESETS[args.preset], **overrides)
+    dist.init()  # joins the process group under torchrun (WORLD_SIZE > 1); nothing in one process
     try:
         load_problems(config)  # a malformed data file or an empty split fails here, before any work
-        run = open_run(args.out, config, args.resume, args.overwrite)
-        if config.replay and not run.path(REPLAY_FILE).exists():
-            shutil.copy(config.replay, run.path(REPLAY_FILE))
+        for name, size in (("sft_batch", config.sft_batch), ("phi_batch", config.phi_batch),
+                           ("theta_batch", config.theta_batch)):
+            if size % dist.world_size():
+                raise TrainingError(f"--{name.replace('_', '-')} {size} is the global batch: it must split "
+                                    f"evenly over the {dist.world_size()} processes")
+
+        def open_and_copy():
+            run = open_run(args.out, config, args.resume, args.overwrite)
+            if config.replay and not run.path(REPLAY_FILE).exists():
+                shutil.copy(config.replay, run.path(REPLAY_FILE))
+            return run
+
+        run = dist.on_main(open_and_copy)  # rank 0 writes the run directory; the others wait for it
+        run.fsdp = args.fsdp
         for stage in stages_to_run(config, args.stage):
             if run.done(stage) and not args.stage:
                 continue
             started = time.perf_counter()
             STAGE_FUNCTIONS[stage](run)
+            dist.barrier()  # every rank's part is done (and rank 0 has written it) before the next stage
             run.mark_done(stage)
             run.log({"stage": stage, "wall_seconds": time.perf_counter() - started})
-            from bcoder.report import after_stage  # curves.png after sft/phi/theta; report.md after eval
+            if dist.is_main():
+                from bcoder.report import after_stage  # curves.png after sft/phi/theta; report.md after eval
 
-            after_stage(run.dir, stage)
+                after_stage(run.dir, stage)
     except (TrainingError, DataError) as error:
         sys.exit(f"bcoder.train: {error}")
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":

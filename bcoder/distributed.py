@@ -1,0 +1,163 @@
+"""torch.distributed for bcoder.train: the process group, devices, sharding and rank-0 I/O.
+
+`torchrun --nproc_per_node N -m bcoder.train ...` sets WORLD_SIZE, RANK, LOCAL_RANK and
+LOCAL_WORLD_SIZE; `init()` then joins the process group (NCCL on GPUs, Gloo on CPUs). Without
+WORLD_SIZE (or with WORLD_SIZE=1) nothing is initialised and every helper here is the identity
+of a single process: rank 0 of 1, sums of one term, gathers of one object.
+"""
+import os
+import torch
+import torch.distributed as dist
+
+
+def active():
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size():
+    return dist.get_world_size() if active() else 1
+
+
+def rank():
+    return dist.get_rank() if active() else 0
+
+
+def is_main():
+    return rank() == 0
+
+
+def local_rank():
+    return int(os.environ.get("LOCAL_RANK", 0)) if active() else 0
+
+
+def local_world_size():
+    """Processes of this run on this machine (they share its cores)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if active() else 1
+
+
+def device():
+    """cuda:LOCAL_RANK where CUDA is available, else the CPU."""
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init():
+    """Joins the process group when launched with WORLD_SIZE > 1; returns this process's device."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not active():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return device()
+
+
+def shutdown():
+    if active():
+        dist.destroy_process_group()
+
+
+def barrier():
+    if active():
+        dist.barrier()
+
+
+def all_sum(values):
+    """Element-wise sums over ranks of a list of numbers, as float64 (one all-reduce)."""
+    if not active():
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def gather(obj):
+    """[rank 0's obj, rank 1's, ...] on rank 0; None on the other ranks (a picklable obj)."""
+    if not active():
+        return [obj]
+    gathered = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast(obj):
+    """Rank 0's obj, on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main(fn):
+    """fn() run by rank 0 alone, its result (or its exception, re-raised) given to every rank."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            error = exc
+    result, error = broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+def shard(items):
+    """This rank's items: every world_size-th one from its rank on (deterministic, any length)."""
+    return list(items)[rank()::world_size()]
+
+
+def batch_slice(global_batch):
+    """This rank's rows of a global batch of `global_batch` rows (a contiguous block)."""
+    n = world_size()
+    if global_batch % n:
+        raise ValueError(f"the global batch of {global_batch} does not split over {n} processes: "
+                         f"use a batch size that {n} divides")
+    size = global_batch // n
+    return slice(rank() * size, (rank() + 1) * size)
+
+
+def contiguous_part(length):
+    """This rank's contiguous block of range(length) (the first ranks get one more when uneven)."""
+    n, r = world_size(), rank()
+    base, extra = divmod(length, n)
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (r < extra))
+
+
+def sandbox(timeout, workers=0):
+    """A Sandbox on this machine's cores: `workers` slots (0: the cores over the local processes), its
+    uids (as root) apart from those of the other ranks on the machine."""
+    from bcoder.sandbox import Sandbox, SandboxConfig
+
+    workers = workers or max(1, (os.cpu_count() or 1) // local_world_size())
+    uid_base = SandboxConfig.uid_base + local_rank() * 65536
+    return Sandbox(SandboxConfig(timeout=timeout, uid_base=uid_base), workers=workers)
+
+
+# ----- wrapping the trained model -----
+
+def wrap(model, fsdp=False):
+    """The model to train: itself in one process, DistributedDataParallel or (fsdp) FSDP2's
+    `fully_shard` over every transformer block and the root across several."""
+    if not active():
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = [m for m in model.modules() if type(m).__name__ == "T5Block"]
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device().index] if device().type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def fsdp_units(model):
+    """The modules that FSDP2 shards in `model` (none outside a process group)."""
+    if not active():
+        return []
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
