@@ -106,13 +106,14 @@ def shard(items):
 
 
 def batch_slice(global_batch):
-    """This rank's rows of a global batch of `global_batch` rows (a contiguous block)."""
+    """This rank's global_batch / world_size rows of a global batch: every world_size-th row from its
+    rank on (strided, so that each rank gets its share of a batch's kinds: ground truth first,
+    generated programs after, in a replay batch)."""
     n = world_size()
     if global_batch % n:
         raise ValueError(f"the global batch of {global_batch} does not split over {n} processes: "
                          f"use a batch size that {n} divides")
-    size = global_batch // n
-    return slice(rank() * size, (rank() + 1) * size)
+    return slice(rank(), global_batch, n)
 
 
 def contiguous_part(length):

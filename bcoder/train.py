@@ -361,7 +361,7 @@ def stage_sft(run):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, feed_forward_proj="relu")
     torch.manual_seed(config.seed)
     model = T5ForConditionalGeneration(t5_config).to(dist.device())
-    rows = dist.batch_slice(config.sft_batch)  # this rank's part of every global batch
+    rows = dist.batch_slice(config.sft_batch)  # this rank's rows of every global batch
     pairs = [(prompt, solution) for problem, prompt in zip(train, prompts_of(train)) for solution in problem.solutions]
 
     def step_fn(step, net):
@@ -535,7 +535,7 @@ def stage_value(run, stage):
     beta_adv, beta_ce = (0.0, 0.0) if stage == "phi" else (config.beta_adv, config.beta_ce)
 
     def step_fn(step, net):
-        rows = batches[step][mine]
+        rows = store.by_ids(batches.ids_of(step)[mine])  # batches[step][mine], reading only this rank's rows
         prompt_ids, prompt_mask = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
         programs, mask = encode(tokenizer, [r.program for r in rows], config.max_program_tokens)
         is_gt = torch.tensor([r.is_ground_truth for r in rows])
