@@ -77,12 +77,12 @@ class TrainConfig:
     sandbox_timeout: float = 4.0
     workers: int = 0                  # sandbox workers; 0 = one per core
     # phi and theta stages (SPEC 7; presets scale the step counts and learning rates)
-    phi_steps: int = 100
+    phi_steps: int = 200
     phi_batch: int = 64
     phi_lr: float = 1e-3
     theta_steps: int = 150
     theta_batch: int = 64
-    theta_lr: float = 2e-4
+    theta_lr: float = 1e-5
     weight_decay: float = 0.05
     rho_real: float = 0.5
     grad_clip: float = 1.0
