@@ -125,7 +125,8 @@ def test_sharded_eval_writes_the_eval_json_of_one_process(theta_one, tmp_path):
     train(1, one, "--resume", "--stage", "eval")
     train(2, two, "--resume", "--stage", "eval")
     _approx_equal(json.loads((one / "eval.json").read_text()), json.loads((two / "eval.json").read_text()))
-    samples = [[json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()] for run in (one, two)]
+    samples = [[json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
+               for run in (one, two)]
     _approx_equal(*samples)
     assert len({s["task_id"] for s in samples[0]}) == 20  # both ranks' chunks
     assert (two / "report.md").exists() == (one / "report.md").exists()  # rank 0 wrote it
