@@ -117,8 +117,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one small shape")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    parser.add_argument("--rows", type=int, nargs="*", default=[1024, 4096], help="N values")
+    parser.add_argument("--vocab", type=int, nargs="*", default=[32128, 50304], help="V values")
     args = parser.parse_args()
-    shapes = [(256, 4096)] if args.quick else [(1024, 32128), (1024, 50304), (4096, 32128), (4096, 50304)]
+    shapes = [(256, 4096)] if args.quick else [(n, v) for n in args.rows for v in args.vocab]
     dtypes = [torch.float32, torch.bfloat16]
 
     bandwidth = copy_bandwidth(256 << 20)
@@ -134,6 +136,7 @@ def main():
             floor_bytes = 3 * logits_bytes  # read logits and ckpt logits, write the gradient
             floor = floor_bytes / bandwidth
             results = {}
+            torch._dynamo.reset()  # else the recompile limit, reached across shapes, falls back to eager
             for name, loss_fn in variants(not args.no_compile).items():
                 run_inputs = inputs
                 if "in place" in name:
