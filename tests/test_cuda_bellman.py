@@ -10,6 +10,7 @@ Skipped unless a CUDA device is present and bcoder._C was built with the CUDA ke
 """
 import pytest
 import torch
+from conftest import assert_error_within_reference, assert_same_values
 
 import bcoder
 from bcoder import reference
@@ -65,21 +66,6 @@ def random_actions(rows, vocab, padding_rows=()):
     return actions
 
 
-def assert_same_values(actual, expected):
-    """Exact equality (NaN == NaN, inf == inf), after promoting both to float64."""
-    torch.testing.assert_close(actual.double(), expected.double(), rtol=0, atol=0, equal_nan=True)
-
-
-def assert_error_within_reference(actual, same_dtype_reference, oracle, dtype):
-    """|actual - oracle| <= |same-dtype reference - oracle| + one ulp of `dtype` + 1e-6 (elementwise);
-    non-finite oracle entries must be matched exactly."""
-    actual, same_dtype_reference, oracle = actual.double(), same_dtype_reference.double(), oracle.double()
-    finite = torch.isfinite(oracle)
-    assert_same_values(actual[~finite], oracle[~finite])
-    eps, floor = (1e-13, 1e-13) if dtype == torch.float64 else (torch.finfo(dtype).eps, 1e-6)
-    allowed = (same_dtype_reference - oracle).abs() + eps * oracle.abs() + floor
-    excess = ((actual - oracle).abs() - allowed)[finite]
-    assert excess.numel() == 0 or excess.max() <= 0, f"error exceeds the reference's by {excess.max().item()}"
 
 
 def check_stats(logits, ckpt_logits, actions):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import make_batch
+from conftest import assert_error_within_reference, assert_same_values, make_batch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -38,23 +38,6 @@ def random_actions(n, vocab, padding_rows=()):
     return actions
 
 
-def assert_same_values(actual, expected):
-    """Exact equality (NaN == NaN, inf == inf), after promoting both to float64."""
-    torch.testing.assert_close(actual.double(), expected.double(), rtol=0, atol=0, equal_nan=True)
-
-
-def assert_error_within_reference(actual, same_dtype_reference, oracle, dtype):
-    """|actual - oracle| <= |same-dtype reference - oracle| + one ulp of `dtype` + 1e-6 (elementwise).
-
-    Non-finite oracle entries must be matched exactly.
-    """
-    actual, same_dtype_reference, oracle = actual.double(), same_dtype_reference.double(), oracle.double()
-    finite = torch.isfinite(oracle)
-    assert_same_values(actual[~finite], oracle[~finite])
-    eps = torch.finfo(dtype).eps if dtype != torch.float64 else 1e-13
-    allowed = (same_dtype_reference - oracle).abs() + eps * oracle.abs() + (1e-6 if dtype != torch.float64 else 1e-13)
-    excess = ((actual - oracle).abs() - allowed)[finite]
-    assert excess.numel() == 0 or excess.max() <= 0, f"error exceeds the reference's by {excess.max().item()}"
 
 
 def float64_backward(logits, actions, argmax, shifted_lse, *grads):
