@@ -74,7 +74,10 @@ def assert_parity(inputs, upstream=1.0, backend="auto", chunk_rows=None, **kwarg
                                            (*oracle, *oracle_grads)):
         assert got.dtype == same_dtype.dtype and got.shape == same_dtype.shape, name
         scale = 1 + want.abs().max().item()
-        torch.testing.assert_close(got.double(), same_dtype.double(), rtol=tol, atol=tol * scale,
+        # The two paths round at different points (chunked fp32 sums, one cast; Triton's interpreter
+        # truncates to bf16): a few ulps apart in bf16. The bound that matters is the oracle's below.
+        close = tol if dtype == torch.float32 else 4 * tol
+        torch.testing.assert_close(got.double(), same_dtype.double(), rtol=close, atol=close * scale,
                                    msg=lambda m: f"{name} vs bellman_loss: {m}")
         error = (got.double() - want).abs().max()
         allowed = (same_dtype.double() - want).abs().max() + tol * scale
