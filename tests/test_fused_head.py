@@ -61,15 +61,16 @@ def explicit_loss_and_grads(inputs, upstream=1.0, double=False, **kwargs):
     return out, torch.autograd.grad(out.loss * upstream, (hidden, weight, values))
 
 
-def assert_parity(inputs, upstream=1.0, backend="auto", chunk_rows=None, **kwargs):
+def assert_parity(inputs, upstream=1.0, backend="auto", chunk_rows=None, slack=1.0, **kwargs):
     """Every loss part and the gradients of hidden, lm_head_weight and values: close to bellman_loss
-    on explicit logits, and no further from the float64 oracle than it is (plus a dtype tolerance)."""
+    on explicit logits, and no further from the float64 oracle than it is (plus a dtype tolerance,
+    times `slack`)."""
     dtype = inputs["hidden"].dtype
     fused, fused_grads = fused_loss_and_grads(inputs, upstream, backend=backend, chunk_rows=chunk_rows, **kwargs)
     explicit, explicit_grads = explicit_loss_and_grads(inputs, upstream, **kwargs)
     oracle, oracle_grads = explicit_loss_and_grads(inputs, upstream, double=True, **kwargs)
     names = fused._fields + ("d_hidden", "d_lm_head_weight", "d_values")
-    tol = 1e-5 if dtype == torch.float32 else 2**-8
+    tol = (1e-5 if dtype == torch.float32 else 2**-8) * slack
     for name, got, same_dtype, want in zip(names, (*fused, *fused_grads), (*explicit, *explicit_grads),
                                            (*oracle, *oracle_grads)):
         assert got.dtype == same_dtype.dtype and got.shape == same_dtype.shape, name

@@ -23,4 +23,7 @@ def test_triton_matches_bellman_loss(dtype, operator, generator):
     inputs["is_ground_truth"][:2] = torch.tensor([True, False])
     if torch.cuda.is_available():
         inputs = {k: v if v is None else v.detach().cuda().requires_grad_(v.requires_grad) for k, v in inputs.items()}
-    assert_parity(inputs, backend="triton", operator=operator, chunk_rows=4)
+    # Triton's interpreter casts to bf16 by truncation, not round-to-nearest as GPUs do: each bf16
+    # gradient entry can be off by a whole ulp, and d W sums such errors over the rows.
+    slack = 4.0 if dtype == torch.bfloat16 and not torch.cuda.is_available() else 1.0
+    assert_parity(inputs, backend="triton", operator=operator, chunk_rows=4, slack=slack)
