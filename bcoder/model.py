@@ -280,26 +280,6 @@ class QModel(nn.Module):
         view.training = self.theta_decoder.training
         return view
 
-    @torch.no_grad()
-    def generate(self, prompt_ids, prompt_mask, policy="theta", num_return_sequences=1, temperature=0.6,
-                 top_p=0.95, max_new_tokens=512, **generate_kwargs):
-        """Nucleus samples from softmax(l / temperature) of the policy ("theta" or "ckpt"), in eval mode.
-
-        Returns [B * num_return_sequences, L] program ids (a prompt's samples adjacent), without the
-        decoder start token and padded after EOS: the `programs` of `forward`. Other keyword
-        arguments go to Hugging Face `generate`.
-        """
-        was_training = self.training
-        self.eval()
-        try:
-            sequences = self.policy_model(policy).generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
-                top_p=top_p, num_return_sequences=num_return_sequences, max_new_tokens=max_new_tokens,
-                **generate_kwargs)
-        finally:
-            self.train(was_training)
-        return sequences[:, 1:]
-
 
 def program_mask(programs, eos_token_id):
     """[B, T] bool mask of bellman_loss: each program's tokens up to and including its first EOS (the

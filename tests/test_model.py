@@ -194,13 +194,15 @@ def test_from_checkpoint_directory(tmp_path):
 
 
 @pytest.mark.parametrize("policy", ["theta", "ckpt"])
-def test_generate_samples_programs(policy):
-    model = tiny_qmodel("theta").train()
+def test_policy_view_samples_programs_for_forward(policy):
+    model = tiny_qmodel("theta").eval()
     prompt_ids, prompt_mask, *_ = batch()
     torch.manual_seed(0)
-    programs = model.generate(prompt_ids, prompt_mask, policy=policy, num_return_sequences=2, max_new_tokens=5)
+    with torch.no_grad():
+        sequences = model.policy_model(policy).generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                                        do_sample=True, num_return_sequences=2, max_new_tokens=5)
+    programs = sequences[:, 1:]  # without the decoder start token
     assert programs.shape[0] == 6 and 1 <= programs.shape[1] <= 5 and programs.dtype == torch.long
-    assert model.theta_decoder.training and not model.ckpt.training  # modes restored
     # The samples feed straight back into the teacher-forced forward and the loss.
     out = model(prompt_ids.repeat_interleave(2, 0), prompt_mask.repeat_interleave(2, 0), programs)
     assert out.values.shape == out.logits.shape[:2] == programs.shape
