@@ -47,3 +47,21 @@ def assert_error_within_reference(actual, same_dtype_reference, oracle, dtype):
     allowed = (same_dtype_reference - oracle).abs() + eps * oracle.abs() + floor
     excess = ((actual - oracle).abs() - allowed)[finite]
     assert excess.numel() == 0 or excess.max() <= 0, f"error exceeds the reference's by {excess.max().item()}"
+
+
+def assert_cuda_graph_replays(step, refill):
+    """Captures step() in a CUDA graph (after a warm-up outside the capture: allocator pools, lazy
+    module loading, kernel compilation), refills its static inputs with refill(), replays, and
+    checks the captured outputs equal a fresh eager step() on the new inputs."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    refill()
+    graph.replay()
+    for got, expected in zip(captured, step()):
+        assert torch.equal(got, expected)

@@ -10,7 +10,7 @@ Skipped unless a CUDA device is present and bcoder._C was built with the CUDA ke
 """
 import pytest
 import torch
-from conftest import assert_error_within_reference, assert_same_values
+from conftest import assert_cuda_graph_replays, assert_error_within_reference, assert_same_values
 
 import bcoder
 from bcoder import reference
@@ -367,17 +367,9 @@ def test_cuda_graph_capture():
         backward_inplace_op(in_place, actions, argmax, shifted_lse, *grads)
         return row_max, argmax, shifted_lse, gathered, target, grad, in_place
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()  # warm up outside the capture (allocator pools, lazy module loading)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    logits.copy_(torch.randn_like(logits))
-    ckpt.copy_(torch.randn_like(ckpt))
-    actions.copy_(random_actions(32, vocab, padding_rows=[1]))
-    graph.replay()
-    for got, expected in zip(captured, step()):
-        assert torch.equal(got, expected)
+    def refill():
+        logits.copy_(torch.randn_like(logits))
+        ckpt.copy_(torch.randn_like(ckpt))
+        actions.copy_(random_actions(32, vocab, padding_rows=[1]))
+
+    assert_cuda_graph_replays(step, refill)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_error_within_reference, assert_same_values, make_batch
+from conftest import assert_cuda_graph_replays, assert_error_within_reference, assert_same_values, make_batch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -381,17 +381,9 @@ def test_gpu_cuda_graph_capture():
         grad = bellman.stats_backward(logits, actions, argmax, shifted_lse, *grads)
         return row_max, argmax, shifted_lse, gathered, target, grad
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()  # compiles the kernels outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    logits.copy_(torch.randn_like(logits))
-    ckpt.copy_(torch.randn_like(ckpt))
-    actions.copy_(random_actions(32, vocab, padding_rows=[1]))
-    graph.replay()
-    for got, expected in zip(captured, step()):
-        assert torch.equal(got, expected)
+    def refill():
+        logits.copy_(torch.randn_like(logits))
+        ckpt.copy_(torch.randn_like(ckpt))
+        actions.copy_(random_actions(32, vocab, padding_rows=[1]))
+
+    assert_cuda_graph_replays(step, refill)
