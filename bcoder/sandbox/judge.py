@@ -5,7 +5,7 @@ the program produced, as plain data, and the comparisons happen here.
 """
 import ast
 
-from bcoder.sandbox.schema import AssertTest, CallTest, ProgramResult, StdioTest, TestResult, ValueTest
+from bcoder.sandbox.schema import AssertTest, ProgramResult, StdioTest, TestResult, ValueTest
 from bcoder.sandbox.worker import decode
 
 SHOWN = 300  # characters of a value shown in a failure message

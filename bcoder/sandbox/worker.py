@@ -16,7 +16,6 @@ JSON list per line: ["compile_error"|"program_error", type, message], ["probe", 
 run missing "done" never counts as finished.
 """
 import ast
-import builtins
 import ctypes
 import gc
 import json
