@@ -16,13 +16,16 @@ The paper's protocols on a trained run (SPEC 8), from its own samples or from an
 Without --samples, N programs per held-out problem are sampled from theta_ckpt and from theta
 (as the run's eval stage, which calls the same `evaluate_run`); with --samples ({task_id,
 program, policy?} lines, e.g. another model's), those are judged instead. Every program is run
-against the example and the hidden tests and scored by R~ under the run's theta (bcoder.rank).
+against all of its problem's tests (passed = every test passed, as APPS, MBPP and HumanEval
+judge) and against the example tests alone (for filtered), and scored by R~ under the run's
+theta (bcoder.rank).
 Writes RUN_DIR/eval.json and eval_samples.jsonl (or --out and its _samples.jsonl).
 
     unranked  pass@k by the unbiased estimator from the n samples of a problem
-    ranked    the CodeT protocol: m samples, the k with the highest R~; solved if one passes the hidden tests
-    filtered  drop the samples that fail the example tests, then rank the rest; none left = unsolved
-    oracle    filtered by the hidden tests: solved if any of the m passes (an upper bound)
+    ranked    the CodeT protocol: m samples, the k with the highest R~; solved if one passes
+    filtered  drop the samples that fail the example tests (a problem without any keeps all), then
+              rank the rest; none left = unsolved
+    oracle    filtered by all the tests: solved if any of the m passes (an upper bound)
 
 With m < n (the pool) a protocol's value is its exact expectation over the pool's m-subsets drawn
 uniformly without replacement (as pass@k's estimator is over k-subsets), not one random draw.
@@ -45,6 +48,8 @@ LOADERS = {"mbpp": load_mbpp, "humaneval": load_humaneval, "apps": load_apps}
 
 def pass_at_k(n, c, k):
     """Unbiased estimate of pass@k from n samples of which c passed (Chen et al. 2021)."""
+    if not (isinstance(k, int) and k >= 1 and 0 <= c <= n):
+        raise ValueError(f"pass@k needs k >= 1 and 0 <= c <= n, got n={n}, c={c}, k={k!r}")
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
@@ -82,7 +87,7 @@ def top_k_solved(scores, passed, k, m=None, keep=None):
 
 def protocol_pass_at_k(protocol, candidates, k, m=None):
     """pass@k of one problem under a protocol; candidates are dicts with "return" (R~), "passed"
-    (hidden tests) and, for "filtered", "example_passed". None where k > m (or k > n, unranked)."""
+    (all tests) and, for "filtered", "example_passed". None where k > m (or k > n, unranked)."""
     n = len(candidates)
     m = n if m is None else min(m, n)
     passed = [c["passed"] for c in candidates]
@@ -168,7 +173,12 @@ def sample_pool(policy_model, tokenizer, problems, size, temperature, config, ca
 
 
 def _judge(sandbox, records, problems, field, tests_of):
-    """Sets record[field] to the outcome on tests_of(problem), running each distinct (task, program) once."""
+    """Sets record[field] to the outcome on tests_of(problem), running each distinct (task, program) once;
+    "no_tests" where the problem has none of those tests (nothing to run: no program passes no tests)."""
+    for r in records:
+        if not tests_of(problems[r["task_id"]]).cases:
+            r[field] = "no_tests"
+    records = [r for r in records if field not in r]
     keys = list(dict.fromkeys((r["task_id"], r["program"]) for r in records))
     results = dict(zip(keys, sandbox.run([p for _, p in keys], [tests_of(problems[t]) for t, _ in keys])))
     for r in records:
@@ -176,7 +186,7 @@ def _judge(sandbox, records, problems, field, tests_of):
 
 
 def outcome_returns(records):
-    """{outcome: {"mean", "std", "count"}} of R~ over records (hidden-test outcomes); mean None if none."""
+    """{outcome: {"mean", "std", "count"}} of R~ over records (outcomes on all tests); mean None if none."""
     summary = {}
     for outcome in OUTCOMES:
         values = [r["return"] for r in records if r["outcome"] == outcome]
@@ -220,7 +230,7 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
                  workers=None, policies=("ckpt", "theta")):
     """The eval of a trained run: samples (a pool of config.eval_samples per held-out problem and policy at
     config.eval_temperature, plus greedy; a second pool for filtered/oracle if config.filter_samples), or
-    the given `samples` (dicts with task_id, program and optionally policy); runs them against the hidden
+    the given `samples` (dicts with task_id, program and optionally policy); runs them against all the
     and example tests, scores them by R~ under theta, and writes eval.json and eval_samples.jsonl (to the
     run directory, or `out` and `<out stem>_samples.jsonl`). Returns the report."""
     import torch
@@ -287,20 +297,20 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
             r["_order"] = (i,)
         records = dist.shard(records)  # judged and scored by rank r: every N-th from r on
     with dist.sandbox(config.sandbox_timeout, workers or config.workers) as sandbox:
-        _judge(sandbox, records, by_id, "outcome", lambda p: p.hidden_tests)
+        _judge(sandbox, records, by_id, "outcome", lambda p: p.tests)
         if "filtered" in protocols:
             _judge(sandbox, [r for r in records if r["pool"] == ("filter" if "filter" in settings else "main")],
                    by_id, "example_outcome", lambda p: p.example_tests)
         greedy_outcomes = {policy: list(zip([i for i, _ in pairs], sandbox.run(
-            [program for _, program in pairs], [problems[i].hidden_tests for i, _ in pairs])))
+            [program for _, program in pairs], [problems[i].tests for i, _ in pairs])))
                            for policy, pairs in greedy.items()}
     keys = list(dict.fromkeys((r["task_id"], r["program"]) for r in records))
     scores = dict(zip(keys, scorer.score([apps_prompt(by_id[t]) for t, _ in keys], [p for _, p in keys])))
     for r in records:
         r["return"] = scores[(r["task_id"], r["program"])].ret
         r["passed"] = r["outcome"] == "passed"
-        if "example_outcome" in r:
-            r["example_passed"] = r["example_outcome"] == "passed"
+        if "example_outcome" in r:        # a problem without example tests filters nothing out
+            r["example_passed"] = r["example_outcome"] in ("passed", "no_tests")
         r["difficulty"] = getattr(by_id[r["task_id"]], "difficulty", "")
     # Rank 0 gathers every rank's records (in one process's order) and alone writes the report.
     gathered = dist.gather((records, greedy_outcomes))
@@ -389,14 +399,24 @@ def main(argv=None):
     protocol.add_argument("--filter-n", type=int, help="a second pool for filtered and oracle, of this size")
     protocol.add_argument("--filter-temperature", type=float, help="its temperature (paper: 0.4)")
     args = parser.parse_args(argv)
+    try:
+        ks = [int(k) for k in args.k.split(",")] if args.k else [1]
+    except ValueError:
+        parser.error(f"--k takes comma-separated integers, got {args.k!r}")
+    if min(ks) < 1:
+        parser.error(f"--k values must be >= 1, got {args.k!r}")
+    if args.timeout is not None and not args.timeout > 0:
+        parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.run:
         return run_main(args)
     if not (args.format and args.problems and args.samples and args.out):
         parser.error("--format, --problems, --samples and --out are required (or --run RUN_DIR)")
     args.timeout = 10.0 if args.timeout is None else args.timeout
     args.k = args.k or "1,5,10"
+    ks = [int(k) for k in args.k.split(",")]
     try:
-        ks = [int(k) for k in args.k.split(",")]
         problems = {p.task_id: p for p in LOADERS[args.format](args.problems)}
         samples = read_samples(args.samples, problems)
     except (DataError, ValueError, OSError) as error:

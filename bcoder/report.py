@@ -5,7 +5,7 @@
 Writes RUN_DIR/report.md with
   * the pass@k table: theta_ckpt and theta x protocols (greedy, unranked, ranked, filtered, oracle) x k,
     with n, m and the temperature (from eval.json; per difficulty where the data has one);
-  * the mean R~ per true outcome (hidden tests) and whether it is ordered passed > failed >
+  * the mean R~ per true outcome (on all tests) and whether it is ordered passed > failed >
     runtime error > compile error (the paper's Figure 3);
 and the figures
   * returns.png: the density of R~ per outcome (scipy.stats.gaussian_kde; Figure 3),
@@ -277,12 +277,12 @@ def write_report(run_dir, ablations=None):
         lines += ["## pass@k (%) on the held-out problems", "",
                   f"Each model samples n={settings.get('n')} programs per problem (temperature "
                   f"{settings.get('temperature')}, top-p {settings.get('top_p')}); every program is scored by "
-                  f"R~ under θ's Q-model (also θ_ckpt's samples) and run against the example and hidden tests. "
+                  f"R~ under θ's Q-model (also θ_ckpt's samples) and run against all its problem's tests (passed: every one). "
                   "unranked: the unbiased estimator from n; ranked: top k of m by R~; filtered: the same after "
-                  "dropping programs that fail the example tests (none left = unsolved); oracle: filtered by the "
-                  "hidden tests (pass@m, the upper bound). With m < n, the exact mean over the pool's m-subsets.",
+                  "dropping programs that fail the example tests (none left = unsolved); oracle: filtered by all the "
+                  "tests (pass@m, the upper bound). With m < n, the exact mean over the pool's m-subsets.",
                   "", *pass_table(report, ks), *difficulty_tables(report, ks), "",
-                  "## Mean R~ per true outcome (hidden tests)", "", *outcome_table(report), ""]
+                  "## Mean R~ per true outcome (all tests)", "", *outcome_table(report), ""]
     if records:
         plot_return_density(records, run_dir / "returns.png")
         curves = ranked_by_m(records, ks)

@@ -95,7 +95,7 @@ class TrainConfig:
     no_init: bool = False             # theta-stage without phi and the residual head (Figure 1)
     loss_backend: str = "auto"
     # eval (SPEC 8; bcoder.evaluate.evaluate_run): a pool of eval_samples programs per held-out problem and
-    # policy at eval_temperature, all scored by R~ under theta and run against the example and hidden tests
+    # policy at eval_temperature, all scored by R~ under theta and run against all the tests (and the example tests, for filtered)
     eval_samples: int = 16
     eval_temperature: float = 0.6
     eval_ks: tuple = (1, 5)

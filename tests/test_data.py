@@ -102,6 +102,9 @@ def test_apps_problem_folders(tmp_path):
     ('{"task_id": 1, "text": "t", "code": "c"}', r"bad\.jsonl:2: missing field 'test_list'"),
     ('{"task_id": 1, "text": "t", "code": "c", "test_list": "assert 1"}', r"bad\.jsonl:2: field 'test_list' should be list"),
     ('{"task_id": 1, "text": "t", "code": "c", "test_list": ["assert ("]}', r"bad\.jsonl:2: field 'test_list' has an assert"),
+    ('{"task_id": 1, "text": "t", "code": "c", "test_list": []}', r"bad\.jsonl:2: field 'test_list' should be a non-empty"),
+    ('{"task_id": 1, "text": "t", "code": "c", "test_list": ["assert f(1) == 1"], "test_setup_code": "x = ("}',
+     r"bad\.jsonl:2: field 'test_setup_code' does not parse"),
 ])
 def test_malformed_mbpp_lines_name_file_line_and_field(tmp_path, line, error):
     path = tmp_path / "bad.jsonl"
@@ -116,8 +119,16 @@ def test_malformed_apps_and_humaneval_records(tmp_path):
     apps.write_text(json.dumps({"problem_id": 1, "question": "q", "input_output": '{"inputs": ["1"]}'}) + "\n")
     with pytest.raises(DataError, match=r"apps\.jsonl:1: field 'input_output' needs lists"):
         load_apps(apps)
+    apps.write_text(json.dumps({"problem_id": 1, "question": "q", "input_output": '{"inputs": [], "outputs": []}'}) + "\n")
+    with pytest.raises(DataError, match=r"apps\.jsonl:1: field 'input_output' has no tests"):
+        load_apps(apps)
     humaneval = tmp_path / "he.jsonl.gz"
     with gzip.open(humaneval, "wt") as f:
         f.write(json.dumps({"task_id": "HumanEval/0", "prompt": "p", "entry_point": "f"}) + "\n")
     with pytest.raises(DataError, match=r"he\.jsonl\.gz:1: missing field 'test'"):
+        load_humaneval(humaneval)
+    with gzip.open(humaneval, "wt") as f:
+        f.write(json.dumps({"task_id": "HumanEval/0", "prompt": "p", "entry_point": "f", "test": "pass",
+                            "canonical_solution": ""}) + "\n")
+    with pytest.raises(DataError, match=r"he\.jsonl\.gz:1: field 'test' defines no check"):
         load_humaneval(humaneval)

@@ -24,6 +24,9 @@ def write_jsonl(path, records):
 
 
 def test_pass_at_k_matches_the_closed_form():
+    for n, c, k in ((10, 3, 0), (10, 11, 1), (10, -1, 1)):
+        with pytest.raises(ValueError, match="pass@k needs k >= 1 and 0 <= c <= n"):
+            pass_at_k(n, c, k)
     assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 10, 5) == 1.0
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))

@@ -74,6 +74,19 @@ def test_humaneval_style_check(sandbox):
     assert [r.outcome for r in results] == ["passed", "failed"]
 
 
+def test_program_objects_cross_by_reference_and_functions_do_not_cross(sandbox):
+    """A program's object stays in its process (the test can pass it back, call it, set and read its
+    attributes); a function of the test cannot be passed to the program: that test is an error."""
+    program = ("class Pair:\n    def __init__(self, a, b): self.a, self.b = a, b\n    def total(self): return self.a + self.b\n"
+               "def longest(pairs): return max(p.b - p.a for p in pairs)\ndef apply(f, x): return f(x)\n")
+    tests = UnitTests([ValueTest("longest([Pair(1, 5), Pair(2, 3)])", 4), AssertTest("p = Pair(1, 2)\np.b = 7\nassert p.total() == 8"),
+                       AssertTest("assert Pair(1, 2) != Pair(1, 2)"), ValueTest("apply(len, 'abc')", 3),
+                       ValueTest("apply(lambda x: x + 1, 1)", 2)], names=("Pair", "longest", "apply"))
+    [result] = sandbox.run([program], tests)
+    assert [t.status for t in result.tests] == ["passed", "passed", "passed", "passed", "error"]
+    assert result.tests[4].error_type == "UnservableTest" and result.outcome == "runtime_error"
+
+
 def test_call_based_apps(sandbox):
     tests = UnitTests([CallTest("pair", [1], [1, 2]), CallTest("pair", [3], [[3, 4]])], apps=True)
     plain = "def pair(x): return (x, x + 1)"                   # tuples read as lists
@@ -119,11 +132,34 @@ def test_peak_memory_and_time_are_reported(sandbox):
     assert result.peak_memory > 50 << 20 and result.seconds > 0
 
 
-def test_bad_arguments():
+def test_bad_arguments_are_clear_errors(sandbox):
     with pytest.raises(ValueError, match="2 programs but 1 test suites"):
-        run_programs(["a", "b"], [DOUBLE], workers=1)
+        sandbox.run(["a", "b"], [DOUBLE])
     with pytest.raises(ValueError, match="cannot be mixed"):
         UnitTests([StdioTest("", ""), ValueTest("1", 1)])
+    with pytest.raises(ValueError, match="program 1: its UnitTests has no test cases"):
+        sandbox.run(["a", "b"], [DOUBLE, UnitTests()])
+    with pytest.raises(TypeError, match="program 0: expected str and UnitTests"):
+        sandbox.run([b"def f(x): return x"], DOUBLE)
+    for workers in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be a positive integer"):
+            Sandbox(workers=workers)
+    for timeout in (0, -1, float("nan"), float("inf"), "10"):
+        with pytest.raises(ValueError, match="timeout must be > 0"):
+            SandboxConfig(timeout=timeout)
+    with pytest.raises(ValueError, match="memory_limit must be a positive integer"):
+        SandboxConfig(memory_limit=0)
+    with pytest.raises(TypeError, match="must be plain data"):
+        sandbox.run(["x = 1"], UnitTests([ValueTest("x", object())]))
+
+
+@pytest.mark.parametrize("flag, error", [("--k 0", "--k values must be >= 1"), ("--k 1,x", "comma-separated integers"),
+                                         ("--timeout 0", "--timeout must be > 0"), ("--workers 0", "--workers must be >= 1")])
+def test_evaluate_rejects_bad_flags_before_any_work(tmp_path, flag, error):
+    run = subprocess.run([sys.executable, "-m", "bcoder.evaluate", "--format", "mbpp", "--problems", "missing.jsonl",
+                          "--samples", "missing.jsonl", "--out", str(tmp_path / "out"), *flag.split()],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 2 and error in run.stderr and "Traceback" not in run.stderr
 
 
 def test_without_isolation_programs_still_run_and_leftovers_die(tmp_path):
@@ -146,7 +182,7 @@ def test_programs_never_see_the_evaluators_heavy_modules():
     """The sandbox imports neither torch nor numpy, and a caller's torch never reaches a fork."""
     script = ("import sys, torch\nfrom bcoder.sandbox import run_programs, UnitTests, ValueTest\n"
               "assert 'numpy' not in sys.modules or 'torch' in sys.modules\n"
-              "program = 'import sys\\ndef heavy(): return sorted(m for m in (\"torch\", \"numpy\", \"bcoder\") if m in sys.modules)'\n"
+              "program = 'import sys\\ndef heavy(): return sorted(m for m in (\"torch\", \"numpy\") if m in sys.modules)'\n"
               "[r] = run_programs([program], UnitTests([ValueTest('heavy()', [])]), workers=1)\n"
               "print(r.outcome)")
     light = "import sys, bcoder.sandbox, bcoder.data.apps, bcoder.evaluate\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"

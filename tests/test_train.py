@@ -145,7 +145,8 @@ def test_bad_inputs_end_with_clear_messages(tmp_path):
     assert result.returncode != 0 and "not found" in result.stderr
 
     bad = tmp_path / "mbpp.jsonl"
-    bad.write_text('{"task_id": 601, "text": "x", "code": "", "test_list": [], "test_setup_code": ""}\n{oops\n')
+    bad.write_text('{"task_id": 601, "text": "x", "code": "", "test_list": ["assert f() == 1"], "test_setup_code": ""}\n'
+                   '{oops\n')
     with pytest.raises(SystemExit, match=f"{bad}:2"):
         main(["--preset", "smoke", "--out", str(tmp_path / "c"), "--data", f"mbpp:{bad}", "--stage", "sample",
               "--model", str(not_t5)])

@@ -48,6 +48,8 @@ def apps_problem(record, where):
     if not isinstance(tests, dict) or not isinstance(tests.get("inputs"), list) \
             or not isinstance(tests.get("outputs"), list) or len(tests["inputs"]) != len(tests["outputs"]):
         raise DataError(f"{where}: field 'input_output' needs lists 'inputs' and 'outputs' of equal length")
+    if not tests["inputs"]:
+        raise DataError(f"{where}: field 'input_output' has no tests")
     solutions = _json_field(record, "solutions", where) or []
     if not isinstance(solutions, list) or not all(isinstance(s, str) for s in solutions):
         raise DataError(f"{where}: field 'solutions' should be a list of program strings")

@@ -6,24 +6,24 @@ REWARDS = {"passed": 1.0, "failed": -0.3, "runtime_error": -0.6, "compile_error"
 
 @dataclass(frozen=True)
 class ValueTest:
-    """`expr` evaluated after the program must equal `expected` (plain data, e.g. MBPP's
-    `assert f(x) == [1, 2]`). The evaluator compares, outside the program's process."""
+    """`expr`, evaluated by the judge with the program's names as proxies, must equal `expected`
+    (plain data; MBPP's `assert f(x) == [1, 2]`)."""
     expr: str
     expected: object
 
 
 @dataclass(frozen=True)
 class AssertTest:
-    """Statements run after the program (HumanEval's `check(f)`, MBPP asserts whose expected
-    side is not a literal). Passes if nothing is raised; a failing assert is a wrong answer.
-    Comparisons inside asserts are made on plain-data copies of both sides."""
+    """Statements the judge runs with the program's names as proxies (HumanEval's `check(f)`, MBPP
+    asserts whose expected side is not a literal). Passes if nothing is raised; a failing assert
+    of the test's own is a wrong answer, an exception of the program's a runtime error."""
     code: str
 
 
 @dataclass(frozen=True)
 class CallTest:
     """APPS call-based test: `fn_name(*args)` (or `Solution().fn_name(*args)`) must return
-    `expected`; compared as the APPS harness does, outside the program's process."""
+    `expected`; the judge compares as the APPS harness does."""
     fn_name: str
     args: list
     expected: object
@@ -39,15 +39,21 @@ class StdioTest:
 
 @dataclass(frozen=True)
 class UnitTests:
-    """The tests of one problem. `setup` runs once after the program, before the tests (MBPP
-    `test_setup_code`, HumanEval's `test` code). `apps` turns on the APPS harness conventions:
-    its preamble imports and a top-level `return`. Stdio tests may not mix with the others."""
+    """The tests of one problem. `setup` is the problem's own code, run by the judge before the
+    tests (MBPP `test_setup_code`; HumanEval's prompt helpers and `test` code). `names` are the
+    names the tests take from the program (the entry point and any class or function an assert
+    uses), each a proxy in the judge; by default every name the test code reads that is not a
+    builtin, a standard module or defined by the setup. `apps` turns on the APPS harness
+    conventions: its preamble imports and a top-level `return`. Stdio tests may not mix with
+    the others."""
     cases: tuple = ()
     setup: str = ""
     apps: bool = False
+    names: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "cases", tuple(self.cases))
+        object.__setattr__(self, "names", tuple(self.names))
         kinds = {type(case) for case in self.cases}
         if not kinds <= {ValueTest, AssertTest, CallTest, StdioTest}:
             raise TypeError(f"unknown test type(s): {kinds - {ValueTest, AssertTest, CallTest, StdioTest}}")
@@ -55,7 +61,8 @@ class UnitTests:
             raise ValueError("StdioTest cannot be mixed with other test types in one UnitTests")
 
     def __add__(self, other):
-        return UnitTests(self.cases + other.cases, self.setup or other.setup, self.apps or other.apps)
+        return UnitTests(self.cases + other.cases, self.setup or other.setup, self.apps or other.apps,
+                         tuple(dict.fromkeys(self.names + other.names)))
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,13 @@ class SandboxConfig:
     max_open_files: int = 256
     isolate: bool | None = None          # None: isolate when running as root
     uid_base: int = 1_500_000_000        # slot i runs programs as uid uid_base + i (root only)
+
+    def __post_init__(self):
+        if not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < float("inf")):
+            raise ValueError(f"SandboxConfig.timeout must be > 0 seconds, got {self.timeout!r}")
+        for name in ("memory_limit", "output_limit", "max_processes", "max_file_size", "max_open_files"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"SandboxConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -1,405 +1,146 @@
-"""Sandbox worker: a light process that forks one child per program run and reports on it.
+"""Sandbox worker: a small process that forks one process per program run and watches it.
 
-The pool starts it as `python -I worker.py '<config json>'`. It imports the standard
-library only and starts no threads: every child is a fork of this process, so a heavy
-or multi-threaded parent would make each fork slow, break the memory limit and could
-leave a child holding another thread's lock.
+The pool starts it as `python -I -S -c '<import this, main()>' '<config json>' <socket fd>`.
+It imports a few standard modules only and starts no threads: every program's process is a
+fork of it, so its size is the cost of each fork, and a multi-threaded parent could leave a
+child holding another thread's lock.
 
-Protocol on stdin/stdout, each message a 4-byte big-endian length and UTF-8 JSON:
-  hello    worker -> pool   {"isolated": bool}
-  request  pool -> worker   {"timeout": s, "runs": [run, ...]}
-  reply    worker -> pool   {"runs": [report, ...]}      (stops after the first run not "ok")
-A run is {"source", "setup", "probes", "stdin" (str or null), "apps" (bool)}; a probe is
-["exec", code] | ["eval", expr] | ["call", fn_name, args]. The child reports on fd 3, one
-JSON list per line: ["compile_error"|"program_error", type, message], ["probe", i, result],
-["done"]. The worker, not the program, turns these and the exit status into a report; a
-run missing "done" never counts as finished.
+This process never holds a test: in a call run the judge (judge.py, its own process) holds
+them, and the worker only passes the program its two ends of the judge's channel. Protocol on
+the socket, each message a 4-byte big-endian length and UTF-8 JSON:
+
+  hello    worker -> pool   {"isolated": bool, "tmp": path}
+  request  pool -> worker   {"timeout": s, "source": str, "apps": bool, "stdin": [str] | null,
+                            "names": [the names the tests take from the program]}
+                            with the program's ends [status, calls] of the judge's channel
+                            when stdin is null (a call run)
+  reply    worker -> pool   {"runs": [report, ...]}
+
+A call run is one program process answering the judge until the judge closes the channel; a
+standard-input run is one program process per input, stopping at the first that does not
+end cleanly. A report says how the program's process ended and what it wrote: status ok |
+compile_error | program_error | timeout | crash, error_type, message, stdout, stderr,
+stdout_overflow, seconds, memory.
 """
-import ast
-import ctypes
+import fcntl
 import gc
 import json
 import os
-import random
 import resource
 import select
-import shutil
 import signal
-import struct
+import socket
 import sys
-import tempfile
 import time
-import types
 
-# Imported once here so that programs do not pay for them after each fork.
-PRELOADED = ("array", "bisect", "collections", "copy", "datetime", "decimal", "fractions",
-             "functools", "hashlib", "heapq", "itertools", "math", "operator", "re",
-             "statistics", "string", "typing")
+from bcoder.sandbox import messages, program
+from bcoder.sandbox.isolation import (PR_SET_CHILD_SUBREAPER, ROOT_PREFIX, SCRATCH_DIRS, WORK_DIR, become, interpreter_paths,
+                                      isolate, new_directory, not_dumpable, prctl,
+                                      unshare_ipc)
+
+# Imported once here so that programs do not pay for them after each fork: the small modules
+# programs use most (HumanEval prompts import typing). Each megabyte here costs every fork.
+PRELOADED = ("array", "bisect", "collections", "copy", "functools", "heapq", "itertools", "math",
+             "operator", "re", "string", "typing")
 for _name in PRELOADED:
     __import__(_name)
 
-# The imports the official APPS harness puts before every program (testing_util.py);
-# `np` is added only for programs that mention it, since numpy is slow to import.
-APPS_PREAMBLE = """\
-import sys, time, itertools, collections, math, fractions, random, heapq
-from itertools import accumulate, product, permutations, combinations
-from collections import Counter, OrderedDict, deque, defaultdict, ChainMap
-from functools import lru_cache
-from math import sqrt, sin, cos, tan, ceil, fabs, floor, gcd, exp, log, log2
-from typing import List, Tuple
-from heapq import *
-"""
+STATUS_LIMIT = 1 << 20       # bytes of status lines kept from a standard-input run
 
-RESULT_FD = 3
-RESULT_LIMIT = 64 << 20      # bytes a child may send on the result channel
-MAX_NODES = 200_000          # objects an encoded value may contain
-MAX_DEPTH = 100
-MESSAGE_LIMIT = 2000         # characters kept of an exception message
-
-# Captured before any program runs: a program may rebind the builtins, not these names.
-_type, _isinstance, _len, _AssertionError = type, isinstance, len, AssertionError
-
-
-# ---------------------------------------------------------------- values
-class Opaque:
-    """Stands for an object that is not plain data: it equals nothing but itself."""
-
-    def __init__(self, type_name):
-        self.type_name = type_name
-
-    def __repr__(self):
-        return f"<{self.type_name} object>"
-
-    def __bool__(self):
-        raise TypeError(f"a {self.type_name} object has no trusted truth value")
-
-
-def encode(value):
-    """Plain-data JSON for a value, read through the builtin base types only.
-
-    No method the program could override is called, so an object whose `__eq__` always
-    returns True encodes as ["object", type name] and equals nothing.
-    """
-    budget = [MAX_NODES]
-
-    def enc(v, depth):
-        budget[0] -= 1
-        t = _type(v)
-        if v is None or t is bool or t is str or t is float:
-            return v
-        if t is int:
-            return v if v.bit_length() < 10_000 else ["int", hex(v)]
-        if budget[0] < 0 or depth > MAX_DEPTH:
-            raise ValueError("value too large or too deeply nested to compare")
-        if t.__module__ == "numpy" and hasattr(v, "tolist"):
-            return enc(v.tolist(), depth + 1)
-        if _isinstance(v, bool):
-            return bool(int.__int__(v))
-        if _isinstance(v, int):
-            return enc(int.__int__(v), depth)
-        if _isinstance(v, float):
-            return float.__float__(v)
-        if _isinstance(v, str):
-            return str.__str__(v)
-        if _isinstance(v, complex):
-            return ["complex", complex.real.__get__(v), complex.imag.__get__(v)]
-        if _isinstance(v, (bytes, bytearray)):
-            return ["bytearray" if _isinstance(v, bytearray) else "bytes",
-                    bytes(memoryview(v)).decode("latin-1")]
-        if _isinstance(v, dict):
-            return ["dict", [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in dict.items(v)]]
-        for base in (list, tuple, set, frozenset):
-            if _isinstance(v, base):
-                return [base.__name__, [enc(x, depth + 1) for x in base.__iter__(v)]]
-        return ["object", t.__name__ if _isinstance(t.__name__, str) else "?"]
-
-    return enc(value, 0)
-
-
-def decode(data):
-    """Inverse of `encode`: builtin objects, with Opaque for non-plain objects."""
-    if not _isinstance(data, list):
-        return data
-    tag = data[0]
-    if tag == "int":
-        return int(data[1], 16)
-    if tag == "complex":
-        return complex(data[1], data[2])
-    if tag in ("bytes", "bytearray"):
-        return (bytes if tag == "bytes" else bytearray)(data[1].encode("latin-1"))
-    if tag == "dict":
-        return {decode(k): decode(v) for k, v in data[1]}
-    if tag in ("list", "tuple", "set", "frozenset"):
-        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](
-            decode(x) for x in data[1])
-    return Opaque(str(data[1]))
-
-
-def plain(value):
-    """Plain-data copy of a value; the rewritten test asserts compare these."""
-    try:
-        return decode(encode(value))
-    except ValueError:
-        return Opaque(_type(value).__name__)
-
-
-# ---------------------------------------------------------------- the child
-def describe(error):
-    """(type name, message with the program line) of an exception, without trusting it."""
-    try:
-        text = str(error)
-    except BaseException:
-        text = "<unprintable>"
-    line, tb = None, error.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<program>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    where = f" (program line {line})" if line else ""
-    return _type(error).__name__, (text[:MESSAGE_LIMIT] + where)
-
-
-def failed_assert(error):
-    """True for an AssertionError raised by a test's own assert, not by the program."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return _type(error) is _AssertionError and tb is not None and \
-        tb.tb_frame.f_code.co_filename == "<test>"
-
-
-def compile_program(source, apps):
-    try:
-        return compile(source, "<program>", "exec")
-    except SyntaxError as error:
-        if not (apps and "outside function" in str(error.msg)):
-            raise
-    # The APPS harness runs a program as the body of a function (imports stay at the
-    # top), so a top-level `return` ends the program there.
-    tree = ast.parse(source, "<program>")
-    hoisted = [s for s in tree.body if _isinstance(s, (ast.Import, ast.ImportFrom))]
-    body = [s for s in tree.body if s not in hoisted] or [ast.Pass()]
-    function = ast.FunctionDef(name="__apps_code__", args=ast.arguments(
-        posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=body, decorator_list=[], returns=None, type_comment=None)
-    call = ast.Expr(ast.Call(ast.Name("__apps_code__", ast.Load()), [], []))
-    tree.body = hoisted + [function, call]
-    return compile(ast.fix_missing_locations(tree), "<program>", "exec")
-
-
-def find_function(namespace, name):
-    if callable(namespace.get(name)):
-        return namespace[name]
-    if "Solution" in namespace:           # LeetCode-style starter code
-        return getattr(namespace["Solution"](), name)
-    raise NameError(f"the program defines no function {name!r}")
-
-
-def run_probe(probe, namespace):
-    try:
-        if probe[0] == "exec":
-            exec(compile(probe[1], "<test>", "exec"), namespace)
-            return ["ok"]
-        if probe[0] == "eval":
-            return ["ok", encode(eval(compile(probe[1], "<test>", "eval"), namespace))]
-        return ["ok", encode(find_function(namespace, probe[1])(*probe[2]))]
-    except BaseException as error:
-        return ["failed" if failed_assert(error) else "error", *describe(error)]
-
-
-def write_all(fd, data):
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def child_main(run, nonce):
-    def send(*message):
-        write_all(RESULT_FD, (json.dumps([nonce, *message]) + "\n").encode())
-
-    is_stdio = run["stdin"] is not None
-    module = types.ModuleType("__main__" if is_stdio else "__program__")
-    sys.modules[module.__name__] = sys.modules["__main__"] = module
-    namespace = module.__dict__
-    if run["apps"]:
-        exec(APPS_PREAMBLE + ("import numpy as np\n" if "np." in run["source"] else ""),
-             namespace)
-    try:
-        code = compile_program(run["source"], run["apps"])
-    except BaseException as error:
-        return send("compile_error", *describe(error))
-    # Test code runs in a copy of the program's globals, so that the program's functions
-    # cannot rebind names the tests use (such as __plain__) through globals().
-    tests = namespace
-    try:
-        exec(code, namespace)
-        tests = dict(namespace, __plain__=plain)
-        if run["setup"]:
-            exec(compile(run["setup"], "<test>", "exec"), tests)
-    except SystemExit as error:
-        # A judge treats sys.exit() after the output as a normal end of a stdin program.
-        if not (is_stdio and error.code in (None, 0)):
-            return send("program_error", "SystemExit", f"exit code {error.code!r}")
-    except BaseException as error:
-        return send("program_error", *describe(error))
-    for index, probe in enumerate(run["probes"]):
-        send("probe", index, run_probe(probe, tests))
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass                          # the program closed or replaced it
-    send("done")
-
-
-# ---------------------------------------------------------------- the worker
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
-PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
-
-
-def check(result, what):
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def isolate():
-    """Own network namespace (no interface up, not even loopback) and private temp dirs."""
-    check(libc.unshare(CLONE_NEWNET | CLONE_NEWNS), "unshare")
-    check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-    for path in PRIVATE_DIRS:
-        if os.path.isdir(path):
-            mount_tmpfs(path, b"size=256m,mode=1777")
-    expose_interpreter()
-
-
-def mount_tmpfs(path, options):
-    check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options), f"mount tmpfs {path}")
-
-
-def closed_ancestor(path):
-    """The first directory on the way to `path` that other users may not enter, or None."""
-    current = "/"
-    for part in path.strip("/").split("/"):
-        current = os.path.join(current, part)
-        if os.path.isdir(current) and not os.stat(current).st_mode & 0o001:
-            return current
-    return None
-
-
-def expose_interpreter():
-    """Lets the programs' uid read this interpreter's files when they sit under a directory
-    it may not enter (say /root/.pyenv): a tmpfs hides that directory, and the interpreter's
-    directories are bind-mounted back into it."""
-    needed = sorted({os.path.realpath(p) for p in [sys.base_prefix, sys.prefix, *sys.path] if os.path.isdir(p)})
-    needed = [p for i, p in enumerate(needed) if not any(p.startswith(q + "/") for q in needed[:i])]
-    hidden = {}
-    for path in needed:
-        if (ancestor := closed_ancestor(path)) is not None:
-            hidden.setdefault(ancestor, []).append(path)
-    for ancestor, paths in hidden.items():
-        staged = []
-        for path in paths:
-            staged.append(tempfile.mkdtemp(prefix="bcoder-expose-"))
-            check(libc.mount(path.encode(), staged[-1].encode(), None, MS_BIND | MS_REC, None), f"bind {path}")
-        mount_tmpfs(ancestor, b"mode=0755")
-        for path, stage in zip(paths, staged):
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            check(libc.mount(stage.encode(), path.encode(), None, MS_MOVE, None), f"move mount to {path}")
-            os.rmdir(stage)
+def arrange_fds(targets):
+    """Makes fd i refer to targets[i] (a list of fds) and closes every other fd."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64 + len(targets)) for fd in targets]
+    for i, fd in enumerate(high):
+        os.dup2(fd, i)
+    os.closerange(len(targets), 1 << 20)
 
 
 class Worker:
-    def __init__(self, config):
+    def __init__(self, config, sock_fd):
         self.config = config
         self.uid = config["uid"]          # None: programs run as this process's user
-        self.requests = os.dup(0)
-        self.replies = os.dup(1)
+        self.sock = socket.socket(fileno=sock_fd)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)               # nothing of the worker's may reach a child's stdout
         os.close(devnull)
-        self.isolated = False
-        if self.uid is not None:
-            isolate()
-            self.isolated = True
-        check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+        not_dumpable()                    # a program running as this user cannot read this process
+        sys.path += config["site_packages"]
+        self.root = isolate(interpreter_paths(config["site_packages"])) if self.uid is not None else None
+        prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(PR_SET_CHILD_SUBREAPER)")
         self.kill_leftovers()             # of a previous worker in this slot
-        self.tmp = tempfile.mkdtemp(prefix="bcoder-sandbox-")
-        os.chmod(self.tmp, 0o711)         # the slot's uid may enter its own work dirs only
+        if self.root:
+            self.work, self.inside = self.root + WORK_DIR, self.root
+        else:
+            self.work, self.inside = new_directory(ROOT_PREFIX, 0o711), ""
+        program.add_site_builtins()
+        program.warm_up()
         gc.collect()
         gc.freeze()                       # keeps forked children from copying GC'd pages
 
-    # -- messages
-    def read_message(self):
-        header = self.read_exactly(4)
-        return None if header is None else json.loads(self.read_exactly(struct.unpack(">I", header)[0]))
-
-    def read_exactly(self, size):
-        data = b""
-        while len(data) < size:
-            chunk = os.read(self.requests, size - len(data))
-            if not chunk:
-                return None
-            data += chunk
-        return data
-
-    def send_message(self, message):
-        data = json.dumps(message).encode()
-        write_all(self.replies, struct.pack(">I", len(data)) + data)
-
     def serve(self):
-        self.send_message({"isolated": self.isolated, "tmp": self.tmp})
-        while (request := self.read_message()) is not None:
+        messages.send(self.sock, {"isolated": self.root is not None, "tmp": self.root or self.work})
+        while True:
+            request, fds = messages.receive(self.sock)
+            if request is None:
+                break
             deadline = time.monotonic() + request["timeout"]
-            reports = []
-            for run in request["runs"]:
-                reports.append(self.execute(run, deadline))
-                if reports[-1]["status"] != "ok":
-                    break
-            self.send_message({"runs": reports})
-        remove(self.tmp)
+            if request["stdin"] is None:
+                runs = [self.run(request, deadline, None, fds)]
+            else:
+                runs = []
+                for stdin in request["stdin"]:
+                    runs.append(self.run(request, deadline, stdin, []))
+                    if runs[-1]["status"] != "ok":
+                        break
+            for fd in fds:
+                os.close(fd)
+            messages.send(self.sock, {"runs": runs})
+        if not self.root:                 # (the pool removes the root's empty mount point)
+            remove(self.work)
 
     # -- one run
-    def execute(self, run, deadline):
-        workdir = tempfile.mkdtemp(dir=self.tmp)
-        if self.uid is not None:
-            os.chown(workdir, self.uid, self.uid)
-        if run["stdin"] is None:
+    def run(self, request, deadline, stdin_text, channel):
+        """One program process: a call run's answers the judge through `channel` ([calls, status]);
+        a standard-input run's reads `stdin_text` and writes its status lines to this worker."""
+        if stdin_text is None:
             stdin = os.open(os.devnull, os.O_RDONLY)
         else:
             stdin = os.memfd_create("stdin")
-            write_all(stdin, run["stdin"].encode())
+            write_all(stdin, stdin_text.encode())
             os.lseek(stdin, 0, os.SEEK_SET)
-        pipes = [os.pipe() for _ in range(3)]    # stdout, stderr, results
-        nonce = os.urandom(16).hex()             # lines without it were not written by the harness
+        out, err = os.pipe(), os.pipe()
+        status = None if stdin_text is None else os.pipe()
+        fds = [stdin, out[1], err[1], *(channel if status is None else [status[1]])]
         started = time.monotonic()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        workdir = f"{self.work}/{os.urandom(8).hex()}"
+        os.mkdir(workdir, 0o700)
+        if self.uid is not None:
+            os.chown(workdir, self.uid, self.uid)
         pid = os.fork()
         if pid == 0:
+            code = 1
             try:
-                self.enter_child(workdir, stdin, [w for _, w in pipes], deadline - started)
-                child_main(run, nonce)
+                arrange_fds(fds)
+                self.enter_program(workdir, deadline - started)
+                code = program.program_main(request["source"], request["apps"], stdin_text is not None,
+                                            request.get("names", ()))
             finally:
-                os._exit(0)
-        os.close(stdin)
-        for _, w in pipes:
-            os.close(w)
-        try:
-            return self.watch(pid, [r for r, _ in pipes], started, deadline, nonce)
-        finally:
-            for r, _ in pipes:
-                os.close(r)
-            self.clean_files(workdir)
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except BaseException:
+                        pass
+                os._exit(code)
+        for fd in fds[:3] + ([status[1]] if status else []):
+            os.close(fd)
+        readers = [out[0], err[0]] + ([status[0]] if status else [])
+        report = self.watch(pid, readers, started, deadline)
+        self.clean_files(workdir)
+        return report
 
-    def enter_child(self, workdir, stdin, writers, seconds):
+    def enter_program(self, workdir, seconds):
         os.setsid()
-        for fd, target in zip([stdin] + writers, (0, 1, 2, RESULT_FD)):
-            os.dup2(fd, target)
-        os.closerange(RESULT_FD + 1, 1 << 20)
         cpu = int(seconds) + 1
         limits = {resource.RLIMIT_AS: self.config["memory_limit"],
                   resource.RLIMIT_CPU: (cpu, cpu + 1),
@@ -407,22 +148,21 @@ class Worker:
                   resource.RLIMIT_FSIZE: self.config["max_file_size"],
                   resource.RLIMIT_NOFILE: self.config["max_open_files"],
                   resource.RLIMIT_CORE: 0}
-        for kind, limit in limits.items():
-            resource.setrlimit(kind, limit if _isinstance(limit, tuple) else (limit, limit))
-        os.chdir(workdir)
-        os.environ.update(HOME=workdir, TMPDIR=workdir)
-        if self.uid is not None:
-            os.setgroups([])
-            os.setresgid(self.uid, self.uid, self.uid)
-            os.setresuid(self.uid, self.uid, self.uid)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        random.seed()                     # else every child draws the worker's numbers
+        for kind, value in limits.items():
+            resource.setrlimit(kind, value if isinstance(value, tuple) else (value, value))
+        inside = workdir[len(self.inside):]
+        if self.root:
+            unshare_ipc()                 # System V memory and queues die with the program
+            os.chroot(self.root)
+        os.chdir(inside)
+        os.environ.update(HOME=inside, TMPDIR=inside)
+        become(self.uid)
 
-    def watch(self, pid, readers, started, deadline, nonce):
-        """Collects output until the child exits or the deadline passes, then cleans up."""
+    def watch(self, pid, readers, started, deadline):
+        """Collects the program's output until it exits or the deadline passes; then kills and
+        reaps everything it started."""
         pidfd = os.pidfd_open(pid)
-        limits = [self.config["output_limit"]] * 2 + [RESULT_LIMIT]
+        limits = [self.config["output_limit"]] * 2 + [STATUS_LIMIT]
         kept, seen = [bytearray() for _ in readers], [0] * len(readers)
         open_fds, timed_out = list(readers), False
         try:
@@ -438,13 +178,15 @@ class Worker:
         finally:
             os.close(pidfd)
         if timed_out:
-            os.killpg(pid, signal.SIGKILL)
+            self.kill_group(pid)
         _, status, usage = os.wait4(pid, 0)
         seconds = time.monotonic() - started
         self.kill_leftovers(pid)
         while open_fds:                   # every writer is dead now: read to end of file
             self.read_ready(open_fds, readers, open_fds, kept, seen, limits)
-        return self.report(status, usage, timed_out, seconds, kept, seen, nonce)
+        for fd in readers:
+            os.close(fd)
+        return self.report(status, usage, timed_out, seconds, kept, seen)
 
     @staticmethod
     def read_ready(ready, readers, open_fds, kept, seen, limits):
@@ -456,42 +198,42 @@ class Worker:
             seen[i] += len(chunk)
             kept[i] += chunk[:max(0, limits[i] - len(kept[i]))]
 
-    def report(self, status, usage, timed_out, seconds, kept, seen, nonce):
+    @staticmethod
+    def report(status, usage, timed_out, seconds, kept, seen):
+        """How the program's process ended, and what it wrote."""
         cpu_seconds = usage.ru_utime + usage.ru_stime
-        report = {"status": "ok", "error_type": "", "message": "", "probes": [],
+        report = {"status": "ok", "error_type": "", "message": "",
                   "stdout": kept[0].decode(errors="replace"), "stderr": kept[1].decode(errors="replace"),
                   "stdout_overflow": seen[0] > len(kept[0]),
                   "seconds": round(seconds, 4), "memory": usage.ru_maxrss * 1024}
-        done = False
-        if seen[2] <= RESULT_LIMIT:
-            for line in kept[2].decode(errors="replace").splitlines():
-                try:
-                    signed, kind, *message = json.loads(line)
-                except (ValueError, TypeError):
-                    continue
-                if signed != nonce:
-                    continue                      # written by the program, not the harness
-                if kind == "done":
-                    done = True
-                elif kind == "probe":
-                    report["probes"].append(message[1])
-                elif kind in ("compile_error", "program_error"):
-                    report.update(status=kind, error_type=message[0], message=message[1])
-                    done = True
-        if report["status"] != "ok" and done:
-            return report
+        if len(kept) > 2:                 # a standard-input run: the harness's status lines
+            lines = [_message(line) for line in kept[2].decode(errors="replace").splitlines()]
+            if lines and lines[0] and lines[0][0] == "compile_error":   # written before the program ran
+                report.update(status="compile_error", error_type=lines[0][1], message=lines[0][2])
+                return report
+            error = next((m for m in lines[1:] if m and m[0] == "program_error"), None)
+            if error:                     # the program could forge one: it only lowers its reward
+                report.update(status="program_error", error_type=error[1], message=error[2])
+                return report
         if timed_out or (os.WIFSIGNALED(status) and (os.WTERMSIG(status) == signal.SIGXCPU or (
                 os.WTERMSIG(status) == signal.SIGKILL and cpu_seconds >= int(seconds) + 1))):
             report.update(status="timeout", error_type="Timeout", message="time limit exceeded")
         elif os.WIFSIGNALED(status):
             name = signal.Signals(os.WTERMSIG(status)).name
             report.update(status="crash", error_type=name, message=f"killed by {name}")
-        elif not done:
+        elif os.WEXITSTATUS(status) != 0:
             report.update(status="crash", error_type="ProgramExited",
-                          message=f"exited with code {os.WEXITSTATUS(status)} before the tests finished")
+                          message=f"exited with code {os.WEXITSTATUS(status)}")
         return report
 
     # -- cleanup
+    @staticmethod
+    def kill_group(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def kill_leftovers(self, pid=None):
         """Kills and reaps every process the program started, daemons included.
 
@@ -500,10 +242,7 @@ class Worker:
         (one kill(-1) reaches them in any session); otherwise each child is killed in turn.
         """
         if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.kill_group(pid)
         while True:
             try:
                 child, _ = os.waitpid(-1, os.WNOHANG)
@@ -537,33 +276,42 @@ class Worker:
 
     def clean_files(self, workdir):
         remove(workdir)
-        if self.isolated:                 # the private temp dirs: whatever the program left
-            for path in filter(os.path.isdir, PRIVATE_DIRS):
-                for entry in os.listdir(path):
-                    if os.path.join(path, entry) != self.tmp:
-                        remove(os.path.join(path, entry))
+        if self.root:                     # the scratch directories: whatever the program left
+            for path in SCRATCH_DIRS:
+                for entry in os.listdir(self.root + path):
+                    remove(os.path.join(self.root + path, entry))
+
+
+def _message(line):
+    """A status line [kind, type, message] as strings, or None for anything else."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(message, list) or len(message) != 3:
+        return None
+    return [str(field) for field in message]
+
+
+def write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def remove(path):
     """Removes a file or tree, even one whose permissions the program took away."""
-    def retry(function, failed, _):
-        for name in (os.path.dirname(failed), failed):
-            try:
-                os.chmod(name, 0o700)
-            except OSError:
-                pass
-        try:
-            function(failed) if function is not os.scandir else shutil.rmtree(failed)
-        except OSError:
-            pass
-
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=retry)
-    else:
-        try:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            with os.scandir(path) as entries:
+                for entry in list(entries):
+                    remove(entry.path)
+            os.rmdir(path)
+        else:
             os.unlink(path)
-        except OSError:
-            pass
+    except OSError:
+        pass
 
-if __name__ == "__main__":
-    Worker(json.loads(sys.argv[1])).serve()
+
+def main():
+    Worker(json.loads(sys.argv[1]), int(sys.argv[2])).serve()

