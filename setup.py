@@ -43,5 +43,5 @@ setup(
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
     install_requires=["torch>=2.4", "numpy", "tqdm", "transformers>=5.0", "safetensors>=0.4", "matplotlib", "scipy"],
-    extras_require={"test": ["pytest", "expecttest", "triton"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest", "triton"]},
 )

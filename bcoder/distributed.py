@@ -6,8 +6,15 @@ WORLD_SIZE (or with WORLD_SIZE=1) nothing is initialised and every helper here i
 of a single process: rank 0 of 1, sums of one term, gathers of one object.
 """
 import os
+
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from bcoder.sandbox import Sandbox, SandboxConfig
 
 
 def active():
@@ -127,8 +134,6 @@ def contiguous_part(length):
 def sandbox(timeout, workers=0):
     """A Sandbox on this machine's cores: `workers` slots (0: the cores over the local processes), its
     uids (as root) apart from those of the other ranks on the machine."""
-    from bcoder.sandbox import Sandbox, SandboxConfig
-
     workers = workers or max(1, (os.cpu_count() or 1) // local_world_size())
     uid_base = SandboxConfig.uid_base + local_rank() * 65536
     return Sandbox(SandboxConfig(timeout=timeout, uid_base=uid_base), workers=workers)
@@ -142,15 +147,11 @@ def wrap(model, fsdp=False):
     if not active():
         return model
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
         blocks = [m for m in model.modules() if type(m).__name__ == "T5Block"]
         for block in blocks:
             fully_shard(block)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     device_ids = [device().index] if device().type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -159,6 +160,50 @@ def fsdp_units(model):
     """The modules that FSDP2 shards in `model` (none outside a process group)."""
     if not active():
         return []
-    from torch.distributed.fsdp import FSDPModule
-
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+# ----- full checkpoints of a model that may be sharded -----
+# A checkpoint always holds the full (unsharded) model and optimiser state, so that any number of
+# processes, with or without FSDP, resumes it.
+
+def load_full_state(model, state, sharded, make_optimizer):
+    """Before wrapping: loads a checkpoint's full model state into `model`; returns its optimiser
+    state as the optimiser made after wrapping must load it (`load_optimizer_state`). An optimiser
+    state saved without FSDP is keyed by parameter index; a sharded run needs it keyed by name, so
+    it goes through an unsharded optimiser (`make_optimizer()`) first."""
+    model.load_state_dict(state["model"])
+    if sharded and not state.get("sharded", False):
+        plain = make_optimizer()
+        plain.load_state_dict(state["optimizer"])
+        return get_optimizer_state_dict(model, plain, options=StateDictOptions(full_state_dict=True)), True
+    return state["optimizer"], state.get("sharded", False)
+
+
+def load_optimizer_state(model, optimizer, optimizer_state, keyed_by_name):
+    if keyed_by_name:
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(optimizer_state)
+
+
+def full_state(model, optimizer, sharded):
+    """(model state, optimiser state), full, on the CPU for a sharded model (gathered from every rank:
+    all ranks call this)."""
+    if not sharded:
+        return model.state_dict(), optimizer.state_dict()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def save_pretrained_on_main(model, directory, build):
+    """model.save_pretrained(directory) by rank 0. Under FSDP every rank gathers the full state to
+    rank 0 first, which loads it into a fresh unsharded model from build() and saves that."""
+    if fsdp_units(model):
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if is_main():
+            model = build()
+            model.load_state_dict(state)
+    if is_main():
+        model.save_pretrained(directory)
+    barrier()

@@ -8,7 +8,8 @@ Each sample line is {"task_id": ..., "program": "<full source>"} or {"task_id": 
 --out gets one JSON line per sample, in input order; the summary is printed and written to
 <out stem>.summary.json beside it. Programs run against all tests (examples and hidden).
 
-The paper's protocols on a trained run (SPEC 8), from its own samples or from any generator's:
+The paper's protocols on a trained run (docs/method.md#ranking-and-the-protocols; bcoder.protocols),
+from its own samples or from any generator's:
 
     python -m bcoder.evaluate --run RUN_DIR --protocol unranked,ranked,filtered,oracle \
         [--samples FILE] [--m M] [--n N] [--temperature T] [--filter-n N --filter-temperature T] [--k 1,5]
@@ -18,122 +19,29 @@ Without --samples, N programs per held-out problem are sampled from theta_ckpt a
 program, policy?} lines, e.g. another model's), those are judged instead. Every program is run
 against all of its problem's tests (passed = every test passed, as APPS, MBPP and HumanEval
 judge) and against the example tests alone (for filtered), and scored by R~ under the run's
-theta (bcoder.rank).
-Writes RUN_DIR/eval.json and eval_samples.jsonl (or --out and its _samples.jsonl).
-
-    unranked  pass@k by the unbiased estimator from the n samples of a problem
-    ranked    the CodeT protocol: m samples, the k with the highest R~; solved if one passes
-    filtered  drop the samples that fail the example tests (a problem without any keeps all), then
-              rank the rest; none left = unsolved
-    oracle    filtered by all the tests: solved if any of the m passes (an upper bound)
-
-With m < n (the pool) a protocol's value is its exact expectation over the pool's m-subsets drawn
-uniformly without replacement (as pass@k's estimator is over k-subsets), not one random draw.
+theta (bcoder.rank). Writes RUN_DIR/eval.json and eval_samples.jsonl (or --out and its
+_samples.jsonl).
 """
 import argparse
+import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
-from bcoder.data.apps import load_apps
-from bcoder.data.humaneval import load_humaneval
-from bcoder.data.mbpp import load_mbpp
+import torch
+from tqdm import tqdm
+
+from bcoder import distributed as dist
+from bcoder.data.loading import LOADERS, load_problems_file, load_split, problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
+from bcoder.data.prompt import apps_prompt
+from bcoder.protocols import OUTCOMES, PROTOCOLS, outcome_returns, pass_at_k, protocol_report
+from bcoder.rank import Scorer
+from bcoder.run import EVAL_FILE, read_run_config
+from bcoder.sampling import generate, sample_pool
 from bcoder.sandbox import REWARDS, run_programs
 
 EVAL_CHUNK = 16  # held-out problems per sampling call and seed in evaluate_run
-LOADERS = {"mbpp": load_mbpp, "humaneval": load_humaneval, "apps": load_apps}
-
-
-def pass_at_k(n, c, k):
-    """Unbiased estimate of pass@k from n samples of which c passed (Chen et al. 2021)."""
-    if not (isinstance(k, int) and k >= 1 and 0 <= c <= n):
-        raise ValueError(f"pass@k needs k >= 1 and 0 <= c <= n, got n={n}, c={c}, k={k!r}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-PROTOCOLS = ("unranked", "ranked", "filtered", "oracle")
-OUTCOMES = ("passed", "failed", "runtime_error", "compile_error")
-
-
-def top_k_solved(scores, passed, k, m=None, keep=None):
-    """Probability that a problem is solved when m of its n candidates are drawn uniformly without
-    replacement, the drawn ones with keep True are ranked by score (highest first; ties by position)
-    and the top k are submitted: solved if any of them passed. m = n (default) is the plain
-    deterministic protocol; no kept candidate drawn counts as unsolved.
-
-    Exact: the problem stays unsolved iff the k-th kept candidate drawn sits at some rank i with the
-    k - 1 drawn above it all failing, or fewer than k kept candidates are drawn, all failing.
-    """
-    n = len(scores)
-    m = n if m is None else m
-    if len(passed) != n or (keep is not None and len(keep) != n):
-        raise ValueError(f"scores, passed and keep must have one entry per candidate ({n})")
-    if not 1 <= k <= m <= n:
-        raise ValueError(f"need 1 <= k <= m <= n, got k={k}, m={m}, n={n}")
-    kept = sorted((i for i in range(n) if keep is None or keep[i]), key=lambda i: (-scores[i], i))
-    unsolved, failing = 0, 0
-    for rank, i in enumerate(kept, 1):
-        if not passed[i]:
-            unsolved += math.comb(failing, k - 1) * math.comb(n - rank, m - k)
-            failing += 1
-    others = n - len(kept)
-    unsolved += sum(math.comb(failing, j) * math.comb(others, m - j) for j in range(k))
-    return 1.0 - unsolved / math.comb(n, m)
-
-
-def protocol_pass_at_k(protocol, candidates, k, m=None):
-    """pass@k of one problem under a protocol; candidates are dicts with "return" (R~), "passed"
-    (all tests) and, for "filtered", "example_passed". None where k > m (or k > n, unranked)."""
-    n = len(candidates)
-    m = n if m is None else min(m, n)
-    passed = [c["passed"] for c in candidates]
-    if protocol == "unranked":
-        return pass_at_k(n, sum(passed), k) if k <= n else None
-    if k > m:
-        return None
-    scores = [c["return"] for c in candidates]
-    if protocol not in ("ranked", "filtered", "oracle"):
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    keep = None if protocol == "ranked" else passed if protocol == "oracle" else [c["example_passed"] for c in candidates]
-    return top_k_solved(scores, passed, k, m, keep)
-
-
-def protocol_table(groups, protocols=PROTOCOLS, ks=(1, 5), m=None):
-    """{protocol: {"pass@k": mean over problems}} for groups, one candidate list per problem; a
-    protocol's "pass@k" is left out where some problem has fewer than k candidates (m)."""
-    table = {}
-    for protocol in protocols:
-        row = {}
-        for k in ks:
-            values = [protocol_pass_at_k(protocol, group, k, m) for group in groups]
-            if groups and None not in values:
-                row[f"pass@{k}"] = sum(values) / len(values)
-        table[protocol] = row
-    return table
-
-
-def read_samples(path, problems):
-    """(task_id, program) per sample line; unknown task ids and bad lines are errors."""
-    samples = []
-    for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
-        if "task_id" not in record:
-            raise DataError(f"{where}: missing field 'task_id'")
-        task_id = str(record["task_id"])
-        if task_id not in problems:
-            raise DataError(f"{where}: field 'task_id': unknown task id {task_id!r}")
-        if isinstance(record.get("program"), str):
-            program = record["program"]
-        elif isinstance(record.get("completion"), str):
-            program = problems[task_id].program(record["completion"])
-        else:
-            raise DataError(f"{where}: needs a string field 'program' or 'completion'")
-        samples.append((task_id, program))
-    return samples
 
 
 def evaluate(problems, samples, ks=(1, 5, 10), timeout=10.0, workers=None):
@@ -157,22 +65,9 @@ def evaluate(problems, samples, ks=(1, 5, 10), timeout=10.0, workers=None):
     return rows, summary
 
 
-# ----- the protocols on a trained run (SPEC 8) -----
+# ----- the protocols on a trained run -----
 
-def sample_pool(policy_model, tokenizer, problems, size, temperature, config, cap=256):
-    """`size` programs per problem (adjacent), generated at most `cap` sequences at a time."""
-    from bcoder.train import generate
-
-    programs = []
-    per_call = max(1, cap // size)
-    for start in range(0, len(problems), per_call):
-        chunk = problems[start:start + per_call]
-        for done in range(0, size, cap):
-            programs += generate(policy_model, tokenizer, chunk, min(cap, size - done), temperature, config)
-    return programs
-
-
-def _judge(sandbox, records, problems, field, tests_of):
+def _record_outcomes(sandbox, records, problems, field, tests_of):
     """Sets record[field] to the outcome on tests_of(problem), running each distinct (task, program) once;
     "no_tests" where the problem has none of those tests (nothing to run: no program passes no tests)."""
     for r in records:
@@ -185,67 +80,18 @@ def _judge(sandbox, records, problems, field, tests_of):
         r[field] = results[(r["task_id"], r["program"])].outcome
 
 
-def outcome_returns(records):
-    """{outcome: {"mean", "std", "count"}} of R~ over records (outcomes on all tests); mean None if none."""
-    summary = {}
-    for outcome in OUTCOMES:
-        values = [r["return"] for r in records if r["outcome"] == outcome]
-        mean = sum(values) / len(values) if values else None
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) if values else None
-        summary[outcome] = {"mean": mean, "std": std, "count": len(values)}
-    return summary
-
-
-def protocol_report(records, problems, protocols=PROTOCOLS, ks=(1, 5), m=None):
-    """eval.json's tables for the records of one policy: {protocol: {"pass@k"}} overall and, where the
-    problems have a difficulty (APPS), "by_difficulty". filtered and oracle read the "filter" pool
-    when the records have one."""
-    by_task = {}
-    for r in records:
-        by_task.setdefault((r["pool"], r["task_id"]), []).append(r)
-    has_filter_pool = any(pool == "filter" for pool, _ in by_task)
-
-    def table(subset):
-        tasks = [p.task_id for p in subset if ("main", p.task_id) in by_task]
-        main = [by_task[("main", t)] for t in tasks]
-        result = protocol_table(main, [p for p in protocols if p in ("unranked", "ranked")], ks, m)
-        rest = [p for p in protocols if p in ("filtered", "oracle")]
-        if rest:
-            if has_filter_pool:
-                result.update(protocol_table([by_task[("filter", t)] for t in tasks], rest, ks))
-            else:
-                result.update(protocol_table(main, rest, ks, m))
-        result["problems"] = len(tasks)
-        return result
-
-    report = table(problems)
-    difficulties = sorted({getattr(p, "difficulty", "") for p in problems} - {""})
-    if difficulties:
-        report["by_difficulty"] = {d: table([p for p in problems if getattr(p, "difficulty", "") == d])
-                                   for d in difficulties}
-    return report
-
-
 def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, problems=None, out=None,
                  workers=None, policies=("ckpt", "theta")):
     """The eval of a trained run: samples (a pool of config.eval_samples per held-out problem and policy at
     config.eval_temperature, plus greedy; a second pool for filtered/oracle if config.filter_samples), or
-    the given `samples` (dicts with task_id, program and optionally policy); runs them against all the
-    and example tests, scores them by R~ under theta, and writes eval.json and eval_samples.jsonl (to the
+    the given `samples` (dicts with task_id, program and optionally policy); runs them against all of their
+    problem's tests (and the example tests alone, for filtered), scores them by R~ under theta, and writes eval.json and eval_samples.jsonl (to the
     run directory, or `out` and `<out stem>_samples.jsonl`). Returns the report."""
-    import torch
-    from tqdm import tqdm
-
-    from bcoder.data.prompt import apps_prompt
-    from bcoder import distributed as dist
-    from bcoder.rank import Scorer, read_run_config
-    from bcoder.train import EVAL_FILE, generate, load_problems
-
     run_dir = Path(run_dir)
     config = config or read_run_config(run_dir)
     protocols = [p for p in PROTOCOLS if p in protocols]
     if problems is None:
-        problems = load_problems(config)[1]
+        problems = load_split(config)[1]
     by_id = {p.task_id: p for p in problems}
     scorer = Scorer.from_run(run_dir, config)
     scorer.model.to(dist.device())
@@ -270,9 +116,11 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
                 torch.manual_seed(hash((config.seed, index, start)) % 2**31)
                 chunk = problems[start:start + EVAL_CHUNK]
                 greedy[policy] += zip(range(start, start + len(chunk)),
-                                      generate(policy_model, scorer.tokenizer, chunk, 1, 0, config))
+                                      generate(policy_model, scorer.tokenizer, chunk, samples=1, temperature=0,
+                                               config=config))
                 for pool, size, temperature in pools:
-                    programs = sample_pool(policy_model, scorer.tokenizer, chunk, size, temperature, config)
+                    programs = sample_pool(policy_model, scorer.tokenizer, chunk, size=size, temperature=temperature,
+                                           config=config)
                     owners = [p for p in chunk for _ in range(size)]
                     records += [{"policy": policy, "pool": pool, "task_id": p.task_id, "program": program}
                                 for p, program in zip(owners, programs)]
@@ -297,10 +145,11 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
             r["_order"] = (i,)
         records = dist.shard(records)  # judged and scored by rank r: every N-th from r on
     with dist.sandbox(config.sandbox_timeout, workers or config.workers) as sandbox:
-        _judge(sandbox, records, by_id, "outcome", lambda p: p.tests)
+        _record_outcomes(sandbox, records, by_id, "outcome", lambda p: p.tests)
         if "filtered" in protocols:
-            _judge(sandbox, [r for r in records if r["pool"] == ("filter" if "filter" in settings else "main")],
-                   by_id, "example_outcome", lambda p: p.example_tests)
+            filter_pool = "filter" if "filter" in settings else "main"
+            _record_outcomes(sandbox, [r for r in records if r["pool"] == filter_pool], by_id, "example_outcome",
+                             lambda p: p.example_tests)
         greedy_outcomes = {policy: list(zip([i for i, _ in pairs], sandbox.run(
             [program for _, program in pairs], [problems[i].tests for i, _ in pairs])))
                            for policy, pairs in greedy.items()}
@@ -346,10 +195,6 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
 
 def run_main(args):
     """python -m bcoder.evaluate --run RUN_DIR --protocol ...: the protocols of a trained run."""
-    import dataclasses
-
-    from bcoder.rank import problems_of, read_run_config
-
     protocols = PROTOCOLS if args.protocol in (None, "all") else tuple(args.protocol.split(","))
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
@@ -373,7 +218,8 @@ def run_main(args):
             if problems is None:
                 wanted = {s["task_id"] for s in samples}
                 problems = [p for p in by_id.values() if p.task_id in wanted]
-        report = evaluate_run(args.run, config, protocols, samples, problems, args.out, args.workers)
+        report = evaluate_run(args.run, config, protocols=protocols, samples=samples, problems=problems, out=args.out,
+                              workers=args.workers)
     except (DataError, ValueError, OSError) as error:
         sys.exit(f"error: {error}")
     print(json.dumps(report, indent=2))
@@ -390,7 +236,7 @@ def main(argv=None):
                                                                    "with --run the run's)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--k", default=None, help="comma-separated k for pass@k (default 1,5,10; with --run the run's)")
-    protocol = parser.add_argument_group("protocols of a trained run (SPEC 8)")
+    protocol = parser.add_argument_group("protocols of a trained run (docs/method.md#ranking-and-the-protocols)")
     protocol.add_argument("--run", help="a trained run directory (theta/ is the reward model)")
     protocol.add_argument("--protocol", default="all", help=f"comma-separated, of {', '.join(PROTOCOLS)}; or all")
     protocol.add_argument("--n", type=int, help="samples per problem and policy (default: the run's eval_samples)")
@@ -417,7 +263,7 @@ def main(argv=None):
     args.k = args.k or "1,5,10"
     ks = [int(k) for k in args.k.split(",")]
     try:
-        problems = {p.task_id: p for p in LOADERS[args.format](args.problems)}
+        problems = load_problems_file(args.problems, args.format)
         samples = read_samples(args.samples, problems)
     except (DataError, ValueError, OSError) as error:
         sys.exit(f"error: {error}")

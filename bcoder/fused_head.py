@@ -1,5 +1,6 @@
 """The B-Coder loss straight from the decoder's hidden states: the LM-head matmul fused with the
-Bellman row statistics, chunk by chunk, so that the [N, V] logits never exist (SPEC section 9).
+Bellman row statistics, chunk by chunk, so that the [N, V] logits never exist
+(docs/method.md#the-fused-op).
 
     bellman_loss_from_hidden(hidden, W, ckpt_hidden, W_ckpt, values, actions, ...)
         == bellman_loss(hidden @ W.T, ckpt_hidden @ W_ckpt.T, values, actions, ...)
@@ -38,8 +39,10 @@ reads [N] masks on the host (one sync each on an accelerator).
 """
 import torch
 
-from bcoder import ops, reference
-from bcoder.loss import FLOAT_DTYPES, OPERATORS, _check_inputs, _describe, losses_from_stats
+from bcoder import ops
+from bcoder.loss import _check_inputs, _describe, losses_from_stats
+from bcoder.ops import FLOAT_DTYPES
+from bcoder.reference import check_operator
 
 CHUNK_BYTES = 64 * 2**20  # default bound on one chunk of logits
 
@@ -59,10 +62,10 @@ def bellman_loss_from_hidden(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_w
     fused op reducing each chunk. chunk_rows: rows per chunk (default: logits chunks of at most
     CHUNK_BYTES).
     """
-    check_hidden_inputs(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_weight, values, actions, mask,
-                        rewards, is_ground_truth)
-    if operator not in OPERATORS:
-        raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+    check_hidden_inputs(hidden=hidden, lm_head_weight=lm_head_weight, ckpt_hidden=ckpt_hidden,
+                        ckpt_lm_head_weight=ckpt_lm_head_weight, values=values, actions=actions, mask=mask,
+                        rewards=rewards, is_ground_truth=is_ground_truth)
+    check_operator(operator)
     backend = ops.resolve_backend(backend, hidden.device)
     vocab = lm_head_weight.shape[0]
     if chunk_rows is None:
@@ -76,12 +79,14 @@ def bellman_loss_from_hidden(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_w
     else:
         ckpt_hidden = ckpt_hidden.detach().reshape(batch * steps, hidden_size)
         ckpt_weight = (lm_head_weight if ckpt_lm_head_weight is None else ckpt_lm_head_weight).detach()
-    row_max, shifted_lse, gathered, target = _LinearBellmanStats.apply(
+    row_max, shifted_lse, gathered, target = _LinearBellmanStats.apply(  # apply takes no keywords
         hidden.reshape(batch * steps, hidden_size), lm_head_weight, ckpt_hidden, ckpt_weight,
         torch.where(mask, actions, -1).reshape(-1), backend, chunk_rows)
-    stats = (s.view(batch, steps) for s in (row_max, shifted_lse, gathered, target))
-    return losses_from_stats(*stats, values, mask, rewards, is_ground_truth,
-                             gamma, alpha, beta_adv, beta_ce, r_max, operator)
+    row_max, shifted_lse, gathered, target = (s.view(batch, steps) for s in (row_max, shifted_lse, gathered, target))
+    return losses_from_stats(row_max=row_max, shifted_lse=shifted_lse, gathered=gathered, target=target,
+                             values=values, mask=mask, rewards=rewards, is_ground_truth=is_ground_truth,
+                             gamma=gamma, alpha=alpha, beta_adv=beta_adv, beta_ce=beta_ce, r_max=r_max,
+                             operator=operator)
 
 
 def check_hidden_inputs(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_weight, values, actions, mask,
@@ -117,21 +122,11 @@ def check_hidden_inputs(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_weight
                   per_program={"rewards": (rewards, FLOAT_DTYPES), "is_ground_truth": (is_ground_truth, (torch.bool,))})
 
 
-def _backend_ops(backend):
-    """(stats, logits_grad) of a concrete backend; logits_grad may write the gradient over its logits."""
-    if backend == "reference":
-        return reference.bellman_stats, reference.bellman_stats_backward
-    if backend == "triton":
-        ops._load_triton()
-        stats, backward_ = torch.ops.bcoder.triton_bellman_stats, torch.ops.bcoder.triton_bellman_stats_backward_
-    else:
-        stats, backward_ = torch.ops.bcoder.bellman_stats, torch.ops.bcoder.bellman_stats_backward_
-
-    def logits_grad(logits, *args):
-        backward_(logits, *args)  # the recomputed logits are scratch: no second [C, V] buffer
-        return logits
-
-    return stats, logits_grad
+def _logits_grad(backend, logits, *args):
+    """The gradient of a chunk's recomputed logits, written over them (they are scratch: no second
+    [C, V] buffer), by the concrete backend's in-place backward op."""
+    ops.backend_ops(backend).backward_(logits, *args)
+    return logits
 
 
 def _row_chunks(selected, chunk_rows):
@@ -147,7 +142,7 @@ class _LinearBellmanStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, ckpt_hidden, ckpt_weight, actions, backend, chunk_rows):
-        stats_op, _ = _backend_ops(backend)
+        stats_op = ops.backend_ops(backend).stats
         n = actions.shape[0]
         stat_dtype = ops.stats_dtype(hidden)
         row_max, shifted_lse, gathered, target = (hidden.new_zeros(n, dtype=stat_dtype) for _ in range(4))
@@ -179,11 +174,10 @@ class _LinearBellmanStats(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
 
-        _, logits_grad = _backend_ops(ctx.backend)
         for rows in _row_chunks(dense, ctx.chunk_rows):
             rows_hidden = hidden[rows]
-            grad_logits = logits_grad(rows_hidden @ weight.T, actions[rows], argmax[rows], shifted_lse[rows],
-                                      grad_max[rows], grad_shifted_lse[rows], grad_gathered[rows])
+            grad_logits = _logits_grad(ctx.backend, rows_hidden @ weight.T, actions[rows], argmax[rows],
+                                       shifted_lse[rows], grad_max[rows], grad_shifted_lse[rows], grad_gathered[rows])
             if need_hidden:
                 grad_hidden[rows] = grad_logits @ weight
             if need_weight:

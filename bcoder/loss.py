@@ -1,6 +1,7 @@
 """The drop-in B-Coder losses: `bellman_loss`, `token_rewards` and the `BellmanLoss` module.
 
-With B programs of T positions over a vocabulary of V (SPEC sections 2-6):
+With B programs of T positions over a vocabulary of V (docs/method.md#the-q-function,
+docs/method.md#the-loss, docs/method.md#rewards):
 
     A(s, a) = alpha * (l(s, a) - max_b l(s, b))          advantage, <= 0
     V(s)    = r_max - softabs(u(s))                       capped value from the raw head output u
@@ -18,10 +19,8 @@ import torch
 from torch import nn
 
 from bcoder import ops, reference
-from bcoder.reference import capped_value, shift_left, terminal_rewards
-
-OPERATORS = ("conservative", "optimality")
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from bcoder.ops import FLOAT_DTYPES
+from bcoder.reference import capped_value, check_operator, shift_left, terminal_rewards
 
 
 class BellmanLossOutput(NamedTuple):
@@ -46,34 +45,36 @@ def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_
     """
     _check_inputs(logits, values, actions, mask, ckpt_logits,
                   per_program={"rewards": (rewards, FLOAT_DTYPES), "is_ground_truth": (is_ground_truth, (torch.bool,))})
-    if operator not in OPERATORS:
-        raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+    check_operator(operator)
     backend = ops.resolve_backend(backend, logits.device)
-    if backend == "reference":
-        parts = reference.bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
-                                       gamma, alpha, beta_adv, beta_ce, r_max, operator)
+    hyper = {"gamma": gamma, "alpha": alpha, "beta_adv": beta_adv, "beta_ce": beta_ce, "r_max": r_max,
+             "operator": operator}
+    if backend == "reference":  # the oracle's own formula, differentiated by autograd
+        parts = reference.bellman_loss(logits=logits, ckpt_logits=ckpt_logits, values=values, actions=actions,
+                                       mask=mask, rewards=rewards, is_ground_truth=is_ground_truth, **hyper)
         return BellmanLossOutput(parts[0], *(p.detach() for p in parts[1:]))
 
     batch, steps, vocab = logits.shape
     if operator == "optimality":
         ckpt_logits = None  # its target V(s_{t+1}) needs no argmax
-    row_max, _, shifted_lse, gathered, target = ops.bellman_stats(
+    row_max, _, shifted_lse, gathered, target = ops.backend_ops(backend).stats(
         logits.reshape(batch * steps, vocab),
         None if ckpt_logits is None else ckpt_logits.reshape(batch * steps, vocab),
-        torch.where(mask, actions, -1).reshape(-1), inplace_backward, backend)
-    stats = (s.view(batch, steps) for s in (row_max, shifted_lse, gathered, target))
-    return losses_from_stats(*stats, values, mask, rewards, is_ground_truth,
-                             gamma, alpha, beta_adv, beta_ce, r_max, operator)
+        torch.where(mask, actions, -1).reshape(-1), inplace_backward)
+    row_max, shifted_lse, gathered, target = (s.view(batch, steps) for s in (row_max, shifted_lse, gathered, target))
+    return losses_from_stats(row_max=row_max, shifted_lse=shifted_lse, gathered=gathered, target=target,
+                             values=values, mask=mask, rewards=rewards, is_ground_truth=is_ground_truth, **hyper)
 
 
 def losses_from_stats(row_max, shifted_lse, gathered, target, values, mask, rewards, is_ground_truth,
                       gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0, operator="conservative"):
     """The O(B*T) rest of the loss, from the [B, T] row statistics of the fused op (bcoder.ops)."""
+    check_operator(operator)
     value = capped_value(values.to(row_max.dtype), r_max)
     shifted_logit = gathered - row_max  # l(s, a) - max_b l(s, b): exact at any logit offset
     adv = alpha * shifted_logit
     q = adv + value
-    q_hat = alpha * (target - row_max) + value if operator == "conservative" else value
+    q_hat = alpha * (target - row_max) + value if operator == "conservative" else value  # optimality: V(s)
     q_next = torch.where(shift_left(mask), shift_left(q_hat), 0.0).detach()
     delta = terminal_rewards(rewards.to(q.dtype), mask) + gamma * q_next - q
     td_loss = torch.where(mask, delta.square(), 0.0).sum() / mask.sum()
@@ -88,15 +89,16 @@ def losses_from_stats(row_max, shifted_lse, gathered, target, values, mask, rewa
 def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0, backend="auto"):
     """The free reward model r~(s_t, a_t) = Q(s_t, a_t) - gamma * V(s_{t+1}), V after the end = 0.
 
-    Returns [B, T], 0 on padding; a program's score for ranking is R~(W) = r~.sum(1) (SPEC 6).
+    Returns [B, T], 0 on padding; a program's score for ranking is R~(W) = r~.sum(1)
+    (docs/method.md#rewards).
     """
     _check_inputs(logits, values, actions, mask)
     backend = ops.resolve_backend(backend, logits.device)
     if backend == "reference":
-        return reference.token_rewards(logits, values, actions, mask, gamma, alpha, r_max)
+        return reference.token_rewards(logits, values, actions, mask, gamma=gamma, alpha=alpha, r_max=r_max)
     batch, steps, vocab = logits.shape
-    row_max, _, _, gathered, _ = ops.bellman_stats(
-        logits.reshape(batch * steps, vocab), None, torch.where(mask, actions, -1).reshape(-1), False, backend)
+    row_max, _, _, gathered, _ = ops.backend_ops(backend).stats(
+        logits.reshape(batch * steps, vocab), None, torch.where(mask, actions, -1).reshape(-1))
     value = capped_value(values.to(row_max.dtype), r_max)
     q = alpha * (gathered - row_max).view(batch, steps) + value
     v_next = torch.where(shift_left(mask), shift_left(value), 0.0)
@@ -110,17 +112,16 @@ class BellmanLoss(nn.Module):
     def __init__(self, gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0,
                  operator="conservative", backend="auto", inplace_backward=False):
         super().__init__()
-        if operator not in OPERATORS:
-            raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
-        if backend not in ops.BACKENDS:
-            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        check_operator(operator)
+        ops.check_backend(backend)  # the concrete backend is resolved per call, from the inputs' device
         self.gamma, self.alpha, self.beta_adv, self.beta_ce, self.r_max = gamma, alpha, beta_adv, beta_ce, r_max
         self.operator, self.backend, self.inplace_backward = operator, backend, inplace_backward
 
     def forward(self, logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth):
-        return bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
-                            self.gamma, self.alpha, self.beta_adv, self.beta_ce, self.r_max,
-                            self.operator, self.backend, self.inplace_backward)
+        return bellman_loss(logits=logits, ckpt_logits=ckpt_logits, values=values, actions=actions, mask=mask,
+                            rewards=rewards, is_ground_truth=is_ground_truth, gamma=self.gamma, alpha=self.alpha,
+                            beta_adv=self.beta_adv, beta_ce=self.beta_ce, r_max=self.r_max, operator=self.operator,
+                            backend=self.backend, inplace_backward=self.inplace_backward)
 
     def extra_repr(self):
         return (f"gamma={self.gamma}, alpha={self.alpha}, beta_adv={self.beta_adv}, beta_ce={self.beta_ce}, "
@@ -128,7 +129,7 @@ class BellmanLoss(nn.Module):
 
 
 def _check_inputs(logits, values, actions, mask, ckpt_logits=None, per_program=None):
-    """ValueError naming the argument for any malformed input (SPEC section 5 shapes).
+    """ValueError naming the argument for any malformed input (the shapes of docs/method.md#the-loss).
 
     per_program: {name: (tensor, allowed dtypes)} of the [B] arguments.
     """

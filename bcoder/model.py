@@ -1,4 +1,5 @@
-"""B-Coder's dueling Q-model over a Hugging Face T5 / CodeT5 checkpoint (SPEC sections 2-3, App. G).
+"""B-Coder's dueling Q-model over a Hugging Face T5 / CodeT5 checkpoint (docs/method.md#the-q-function
+and docs/method.md#parameter-sets; paper App. G).
 
 Three parameter sets share ONE frozen encoder (each prompt is encoded once per batch):
 
@@ -32,12 +33,12 @@ from torch import nn
 from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
 from transformers.initialization import no_init_weights
 
-STAGES = ("phi", "theta")
+Q_STAGES = ("phi", "theta")
 VALUE_HEADS = ("mlp", "linear")
 POLICIES = ("theta", "ckpt")
 # The children each stage trains; every other parameter has requires_grad False.
 TRAINABLE = {"phi": ("phi_decoder", "phi_value_head"), "theta": ("theta_decoder", "theta_lm_head", "h1")}
-CONFIG_FILE = "bcoder_qmodel.json"
+QMODEL_FILE = "bcoder_qmodel.json"
 WEIGHTS_FILE = "model.safetensors"
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
@@ -55,8 +56,8 @@ class QModelConfig:
     init_value_from_phi: bool = True
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.stage not in Q_STAGES:
+            raise ValueError(f"stage must be one of {Q_STAGES}, got {self.stage!r}")
         if self.value_head not in VALUE_HEADS:
             raise ValueError(f"value_head must be one of {VALUE_HEADS}, got {self.value_head!r}")
         if not self.init_value_from_phi and self.stage == "phi":
@@ -147,18 +148,18 @@ class QModel(nn.Module):
         meta = {"qmodel": asdict(self.config), "t5": self.ckpt.config.to_dict(),
                 "generation": self.ckpt.generation_config.to_dict(),
                 "dtype": str(self.ckpt.dtype).removeprefix("torch.")}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        (directory / QMODEL_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def from_pretrained(cls, directory):
         """The Q-model written by `save_pretrained`, exactly (weights, heads, stage), on the CPU."""
         directory = Path(directory)
         _require_directory(directory, "Q-model directory")
-        if not (directory / CONFIG_FILE).is_file() and (directory / "config.json").is_file():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE} but a config.json: it looks like a plain "
+        if not (directory / QMODEL_FILE).is_file() and (directory / "config.json").is_file():
+            raise FileNotFoundError(f"{directory} has no {QMODEL_FILE} but a config.json: it looks like a plain "
                                     "Hugging Face checkpoint; start from it with QModel.from_checkpoint")
-        _require_files(directory, (CONFIG_FILE, WEIGHTS_FILE), "a bcoder Q-model saved by QModel.save_pretrained")
-        meta = json.loads((directory / CONFIG_FILE).read_text())
+        _require_files(directory, (QMODEL_FILE, WEIGHTS_FILE), "a bcoder Q-model saved by QModel.save_pretrained")
+        meta = json.loads((directory / QMODEL_FILE).read_text())
         with no_init_weights():  # every weight is overwritten by the strict load below
             ckpt = T5ForConditionalGeneration(T5Config.from_dict(meta["t5"]))
             ckpt.tie_weights()  # skipped with the initialisation; the saved file stores tied weights once
@@ -186,8 +187,8 @@ class QModel(nn.Module):
         """The parameters `stage` (default: the current one) trains, each once (a tied LM head and
         embedding are one parameter): what to hand the optimizer."""
         stage = stage or self.stage
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if stage not in Q_STAGES:
+            raise ValueError(f"stage must be one of {Q_STAGES}, got {stage!r}")
         unique = {}
         for name in TRAINABLE[stage]:
             if not hasattr(self, name):
@@ -266,7 +267,7 @@ class QModel(nn.Module):
     def policy_model(self, policy="theta") -> T5ForConditionalGeneration:
         """A T5ForConditionalGeneration over this model's weights (no copy): "theta" is the shared encoder
         with theta's decoder and LM head, "ckpt" is theta_ckpt itself. Its softmax(logits) is the B-Coder
-        policy (SPEC 2), so HF `generate` on it samples B-Coder. Train/eval modes are those of the
+        policy (docs/method.md#the-q-function), so HF `generate` on it samples B-Coder. Train/eval modes are those of the
         shared modules."""
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -307,7 +308,7 @@ def load_t5_checkpoint(directory, dtype):
     """T5ForConditionalGeneration.from_pretrained(directory), local files only, after checks that name
     what is wrong."""
     _require_directory(directory, "checkpoint directory")
-    if (directory / CONFIG_FILE).is_file():
+    if (directory / QMODEL_FILE).is_file():
         raise ValueError(f"{directory} holds a saved bcoder Q-model, not a plain T5 checkpoint: "
                          "load it with QModel.from_pretrained")
     _require_files(directory, ("config.json",), "a Hugging Face checkpoint directory")

@@ -1,4 +1,5 @@
-"""The free reward model of a trained run (SPEC 6, paper section 4.5): score programs from any generator.
+"""The free reward model of a trained run (docs/method.md#the-q-function, paper section 4.5): score
+programs from any generator.
 
     r~(s_t, a_t) = Q_theta(s_t, a_t) - gamma * V_theta(s_{t+1})      (V after the last token = 0)
     R~(W)        = sum_t r~(s_t, a_t)                                  rank candidates by it, highest first
@@ -11,12 +12,11 @@ them); extra fields are kept. Without --problems the task ids are those of the r
 "token_rewards" (r~ per program token, its EOS last) and "tokens".
 
 Scores come from ONE teacher-forced pass of the run's theta Q-model over each batch (the prompt
-encoded as in training, `bcoder.train.encode` with the run's length limits), through
+encoded as in training, `bcoder.sampling.encode` with the run's length limits), through
 `bcoder.token_rewards`: the same prompt and tokenization that the Q-function was trained on.
 Programs from another model are scored the same way (the paper's Table 3).
 """
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -24,25 +24,20 @@ from pathlib import Path
 
 import torch
 
+from bcoder.data.loading import problems_of, read_samples
+from bcoder.data.problems import DataError, read_jsonl
+from bcoder.data.prompt import apps_prompt
+from bcoder.loss import token_rewards
+from bcoder.model import QModel
+from bcoder.run import load_tokenizer, read_run_config
+from bcoder.sampling import encode
+
 
 @dataclass
 class ProgramScore:
     ret: float             # R~(W)
     rewards: list          # r~ per token of the program (EOS included)
     tokens: list           # the program's tokens, as the tokenizer cut it
-
-
-def read_run_config(run_dir):
-    """The run's TrainConfig from its config.json; fields the file lacks keep their defaults (runs
-    written before a field existed)."""
-    from bcoder.train import CONFIG_FILE, TrainConfig
-
-    saved = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
-    values = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in saved:
-            values[f.name] = tuple(saved[f.name]) if f.type is tuple else saved[f.name]
-    return TrainConfig(**values)
 
 
 class Scorer:
@@ -62,26 +57,19 @@ class Scorer:
     @classmethod
     def from_run(cls, run_dir, config=None, batch_size=64):
         """The scorer of a trained run: RUN_DIR/theta (the Q-model) and the run's tokenizer, gamma, alpha."""
-        from transformers import AutoTokenizer
-
-        from bcoder.model import QModel
-
         run_dir = Path(run_dir)
         config = config or read_run_config(run_dir)
         if not (run_dir / "theta").is_dir():
             raise FileNotFoundError(f"{run_dir / 'theta'} not found: the run has no trained theta (run its theta stage)")
         model = QModel.from_pretrained(run_dir / "theta")
-        tokenizer = AutoTokenizer.from_pretrained(Path(config.model) if config.model else run_dir / "ckpt")
-        return cls(model, tokenizer, config.gamma, config.alpha, config.max_prompt_tokens, config.max_program_tokens,
-                   batch_size, config.loss_backend)
+        tokenizer = load_tokenizer(run_dir, config)
+        return cls(model, tokenizer, gamma=config.gamma, alpha=config.alpha, max_prompt_tokens=config.max_prompt_tokens,
+                   max_program_tokens=config.max_program_tokens, batch_size=batch_size, backend=config.loss_backend)
 
     @torch.no_grad()
     def score(self, prompts, programs):
         """One ProgramScore per (prompt, program), in input order. Batches group rows by prompt and
         length (less padding); padding does not change a row's scores."""
-        from bcoder.loss import token_rewards
-        from bcoder.train import encode
-
         if len(prompts) != len(programs):
             raise ValueError(f"{len(prompts)} prompts for {len(programs)} programs")
         lengths = [len(self.tokenizer(p).input_ids) for p in programs]
@@ -94,30 +82,14 @@ class Scorer:
             device = next(self.model.parameters()).device
             prompt_ids, prompt_mask, actions, mask = (t.to(device) for t in (prompt_ids, prompt_mask, actions, mask))
             out = self.model(prompt_ids, prompt_mask, actions)
-            r = token_rewards(out.logits.float(), out.values.float(), actions, mask, self.gamma, self.alpha,
-                              backend=self.backend)
+            r = token_rewards(out.logits.float(), out.values.float(), actions, mask, gamma=self.gamma,
+                              alpha=self.alpha, backend=self.backend)
             for row, i in enumerate(rows):
                 n = int(mask[row].sum())
                 per_token = r[row, :n].tolist()
                 scores[i] = ProgramScore(float(r[row, :n].double().sum()), per_token,
                                          self.tokenizer.convert_ids_to_tokens(actions[row, :n].tolist()))
         return scores
-
-
-def problems_of(config, problems_file=None, data_format=None):
-    """{task_id: Problem}: from a file (with its format), else the run's own data (train and held-out)."""
-    if problems_file:
-        from bcoder.evaluate import LOADERS
-
-        data_format = data_format or config.data.partition(":")[0]
-        if data_format not in LOADERS:
-            raise ValueError(f"--format must be one of {sorted(LOADERS)} for --problems (the run's data is "
-                             f"{config.data!r})")
-        return {p.task_id: p for p in LOADERS[data_format](problems_file)}
-    from bcoder.train import load_problems
-
-    train, test = load_problems(config)
-    return {p.task_id: p for p in train + test}
 
 
 def main(argv=None):
@@ -129,11 +101,6 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="JSONL: each sample with return, token_rewards, tokens")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-
-    from bcoder.data.problems import DataError, read_jsonl
-    from bcoder.data.prompt import apps_prompt
-    from bcoder.evaluate import read_samples
-
     try:
         config = read_run_config(args.run)
         problems = problems_of(config, args.problems, args.format)

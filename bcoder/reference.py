@@ -1,4 +1,5 @@
-"""Plain-PyTorch oracle of B-Coder's math (SPEC sections 2-6 and 9).
+"""Plain-PyTorch oracle of B-Coder's math (docs/method.md#the-q-function, docs/method.md#the-loss,
+docs/method.md#rewards, docs/method.md#the-fused-op).
 
 Everything here is written for clarity, works in any float dtype (use float64 for the oracle)
 and is differentiable by autograd. Every fast path in bcoder is tested against it.
@@ -11,6 +12,16 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+OPERATORS = ("conservative", "optimality")  # the Bellman operator of the TD target (docs/method.md#the-loss)
+
+
+def check_operator(operator):
+    """ValueError unless `operator` is one of OPERATORS: the one check of the operator argument,
+    made by every function that takes it (bcoder.loss, bcoder.fused_head and this module)."""
+    if operator not in OPERATORS:
+        raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+
 
 def softabs(x):
     """softabs(x) = (softplus(x) + softplus(-x)) / 2 - ln 2: smooth |x|, softabs(0) = 0."""
@@ -43,19 +54,18 @@ def q_values(logits, values, actions, alpha=1.0, r_max=1.0):
 
 
 def next_targets(logits, ckpt_logits, values, mask, alpha=1.0, r_max=1.0, operator="conservative"):
-    """q_next[b, t] = Q(s_{t+1}, a_hat_{t+1}), detached, 0 at the terminal step (SPEC section 4).
+    """q_next[b, t] = Q(s_{t+1}, a_hat_{t+1}), detached, 0 at the terminal step (docs/method.md#the-loss).
 
     conservative: a_hat = first argmax of ckpt_logits (of logits when ckpt_logits is None).
     optimality:   a_hat = argmax_a Q(s, a), whose value is V(s) since A <= 0 peaks at 0 there.
     """
+    check_operator(operator)
     logits, values = logits.detach(), values.detach()
     if operator == "conservative":
         target_source = logits if ckpt_logits is None else ckpt_logits.detach()
         q_hat = advantage(logits, first_argmax(target_source), alpha) + capped_value(values, r_max)
-    elif operator == "optimality":
+    else:  # optimality
         q_hat = capped_value(values, r_max)
-    else:
-        raise ValueError(f"operator must be 'conservative' or 'optimality', got {operator!r}")
     return torch.where(shift_left(mask), shift_left(q_hat), 0.0)
 
 
@@ -73,7 +83,7 @@ def terminal_rewards(rewards, mask):
 def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
                  gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0,
                  operator="conservative"):
-    """L = L_Q + beta_adv * L_adv + beta_ce * L_ce (SPEC section 5); returns (loss, td, adv, ce).
+    """L = L_Q + beta_adv * L_adv + beta_ce * L_ce (docs/method.md#the-loss); returns (loss, td, adv, ce).
 
     L_Q   = mean over real tokens of delta^2, delta = r_t + gamma * q_next_t - Q(s_t, a_t);
     L_adv = mean over ground-truth programs of sum_t |A(s_t, a_t)|;
@@ -81,8 +91,8 @@ def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_
     The phi-stage loss L_V is L_Q with frozen logits (ckpt_logits=None, only values train).
     """
     mask = mask.bool()
-    q = q_values(logits, values, actions, alpha, r_max)
-    q_next = next_targets(logits, ckpt_logits, values, mask, alpha, r_max, operator)
+    q = q_values(logits, values, actions, alpha=alpha, r_max=r_max)
+    q_next = next_targets(logits, ckpt_logits, values, mask, alpha=alpha, r_max=r_max, operator=operator)
     delta = terminal_rewards(rewards.to(q.dtype), mask) + gamma * q_next - q
     td_loss = torch.where(mask, delta.square(), 0.0).sum() / mask.sum()
 
@@ -98,21 +108,21 @@ def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_
 def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0):
     """The free reward model r~(s_t, a_t) = Q(s_t, a_t) - gamma * V(s_{t+1}), V(s_{T+1}) = 0.
 
-    Returns [B, T], 0 on padding. R~(W) = sum over t (SPEC section 6).
+    Returns [B, T], 0 on padding. R~(W) = sum over t (docs/method.md#rewards).
     """
     mask = mask.bool()
-    q = q_values(logits, values, actions, alpha, r_max)
+    q = q_values(logits, values, actions, alpha=alpha, r_max=r_max)
     v_next = torch.where(shift_left(mask), shift_left(capped_value(values, r_max)), 0.0)
     return torch.where(mask, q - gamma * v_next, 0.0)
 
 
 def program_returns(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0):
     """R~(W) = sum_t r~(s_t, a_t), one score per program for ranking: [B]."""
-    return token_rewards(logits, values, actions, mask, gamma, alpha, r_max).sum(dim=1)
+    return token_rewards(logits, values, actions, mask, gamma=gamma, alpha=alpha, r_max=r_max).sum(dim=1)
 
 
 def bellman_stats(logits, ckpt_logits, actions):
-    """The per-row statistics of the fused-op contract (SPEC section 9), for [N, V] logits.
+    """The per-row statistics of the fused-op contract (docs/method.md#the-fused-op), for [N, V] logits.
 
     Returns (max, argmax, shifted_lse, gathered, target): shifted_lse = log sum_k exp(l_k - max),
     the log-normaliser relative to the max (>= 0; -inf for an all -inf row), which keeps

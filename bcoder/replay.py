@@ -1,6 +1,6 @@
 """The replay store: every program ever scored, in one SQLite file (standard library only).
 
-    with ReplayStore("run/replay.sqlite") as store:          # creates the file, or reopens it
+    with ReplayStore("run/replay.db") as store:          # creates the file, or reopens it
         store.add_problems(problems)                           # anything with .task_id, .prompt
         store.add_results(ids, programs, results, model="ckpt")   # sandbox ProgramResults
         store.add([ScoredProgram(task_id, source, "passed", 1.0, is_ground_truth=True)])
@@ -205,7 +205,7 @@ class ReplayStore:
 
 
 class MixedBatches:
-    """Mini-batches that mix ground-truth and generated programs (SPEC section 7).
+    """Mini-batches that mix ground-truth and generated programs (docs/method.md#replay-store-and-batches).
 
     Batch `step` holds round(batch_size * rho_real) ground-truth programs, then generated
     ones for the rest (all of one kind if the other has none). Each kind is read as a

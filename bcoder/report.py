@@ -20,7 +20,13 @@ import math
 import sys
 from pathlib import Path
 
-from bcoder.evaluate import OUTCOMES, PROTOCOLS, protocol_table
+import numpy as np
+from matplotlib import rcParams
+from matplotlib.figure import Figure  # drawn without pyplot: no backend, no global figure state
+from scipy.stats import gaussian_kde
+
+from bcoder.protocols import OUTCOMES, PROTOCOLS, protocol_table
+from bcoder.run import CONFIG_FILE, CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, METRICS_FILE, REPORT_FILE, STAGES
 
 OUTCOME_LABELS = {"passed": "passed", "failed": "failed", "runtime_error": "runtime error",
                   "compile_error": "compile error"}
@@ -32,16 +38,8 @@ CURVES = [("sft", "ce_loss", "sft: cross-entropy"), ("phi", "td_loss", "phi: L_V
           ("theta", "ce_loss", "theta: L_ce"), ("theta", "mean_v_gt", "theta: mean V (gt solid, generated dashed)")]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def read_jsonl(path):
+def read_log(path):
+    """The records of a JSON-lines file the run wrote; none if it does not exist."""
     path = Path(path)
     if not path.exists():
         return []
@@ -51,7 +49,7 @@ def read_jsonl(path):
 def read_metrics(run_dir):
     """{stage: [records with a step]} of a run's metrics.jsonl, in step order."""
     stages = {}
-    for record in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+    for record in read_log(Path(run_dir) / METRICS_FILE):
         if "step" in record and "stage" in record:
             stages.setdefault(record["stage"], []).append(record)
     return {stage: sorted(rows, key=lambda r: r["step"]) for stage, rows in stages.items()}
@@ -59,9 +57,9 @@ def read_metrics(run_dir):
 
 def plot_curves(runs, path):
     """Training curves of one or more runs ({label: run_dir}) into one PNG; returns the path."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    for (label, run_dir), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
+    fig = Figure(figsize=(14, 7.5))
+    axes = fig.subplots(2, 3)
+    for (label, run_dir), color in zip(runs.items(), rcParams["axes.prop_cycle"].by_key()["color"] * 4):
         metrics = read_metrics(run_dir)
         for ax, (stage, name, title) in zip(axes.flat, CURVES):
             rows = [r for r in metrics.get(stage, []) if r.get(name) is not None]
@@ -81,26 +79,22 @@ def plot_curves(runs, path):
     fig.suptitle("Training curves" + (" (with ablations)" if len(runs) > 1 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
 def write_curves(run_dir, ablations=None):
     """RUN_DIR/curves.png: this run's curves, and those of the ablation runs ({label: dir}) if given."""
     run_dir = Path(run_dir)
-    return plot_curves({run_dir.name or "run": run_dir, **(ablations or {})}, run_dir / "curves.png")
+    return plot_curves({run_dir.name or "run": run_dir, **(ablations or {})}, run_dir / CURVES_FILE)
 
 
 def plot_return_density(records, path):
     """Figure 3: the density of R~ per true outcome, one panel per policy and one for all."""
-    import numpy as np
-    from scipy.stats import gaussian_kde
-
-    plt = _pyplot()
     policies = list(dict.fromkeys(r["policy"] for r in records))
     groups = [("all samples", records)] + ([(p, [r for r in records if r["policy"] == p]) for p in policies]
                                            if len(policies) > 1 else [])
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    fig = Figure(figsize=(5 * len(groups), 3.8))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     returns = [r["return"] for r in records]
     low, high = (min(returns), max(returns)) if returns else (-1.0, 1.0)
     pad = 0.05 * (high - low or 1.0)
@@ -120,7 +114,6 @@ def plot_return_density(records, path):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -151,9 +144,9 @@ def ranked_by_m(records, ks=(1, 5)):
 
 def plot_ranked_vs_m(curves, path, ks=(1, 5)):
     """Figure 5: ranked pass@k against m (log2 axis), unranked pass@k dotted for reference."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-o", "-s", "-^", "-v"]
     for c, (policy, by_m) in enumerate(curves.items()):
         ms = sorted(by_m)
@@ -174,7 +167,6 @@ def plot_ranked_vs_m(curves, path, ks=(1, 5)):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -244,10 +236,10 @@ def ordering_verdict(stats):
 
 def training_summary(run_dir):
     metrics = read_metrics(run_dir)
-    walls = {r["stage"]: r["wall_seconds"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if "wall_seconds" in r}
+    walls = {r["stage"]: r["wall_seconds"] for r in read_log(Path(run_dir) / METRICS_FILE) if "wall_seconds" in r}
     lines = ["| stage | steps | last loss | last td_loss | last adv_loss | last ce_loss | wall s |",
              "|---|---|---|---|---|---|---|"]
-    for stage in ("sft", "sample", "phi", "theta", "eval"):
+    for stage in STAGES:
         rows = metrics.get(stage, [])
         last = rows[-1] if rows else {}
         cell = lambda name: f"{last[name]:.4g}" if isinstance(last.get(name), (int, float)) else "–"
@@ -260,9 +252,9 @@ def training_summary(run_dir):
 def write_report(run_dir, ablations=None):
     """RUN_DIR/report.md and its figures (see the module docstring); returns the report's path."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    report = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
-    records = [r for r in read_jsonl(run_dir / "eval_samples.jsonl") if "return" in r]
+    config = json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).exists() else {}
+    report = json.loads((run_dir / EVAL_FILE).read_text()) if (run_dir / EVAL_FILE).exists() else None
+    records = [r for r in read_log(run_dir / EVAL_SAMPLES_FILE) if "return" in r]
     ks = tuple(config.get("eval_ks", (1, 5)))
     write_curves(run_dir, ablations)
     lines = [f"# B-Coder run report: `{run_dir}`", "",
@@ -297,7 +289,7 @@ def write_report(run_dir, ablations=None):
                   "![ranked vs m](ranked_vs_m.png)", "", *rows, ""]
     lines += ["Training curves (paper Figure 1" + (", with " + ", ".join(ablations) if ablations else "") + "):", "",
               "![training curves](curves.png)", "", "## Training", "", *training_summary(run_dir), ""]
-    path = run_dir / "report.md"
+    path = run_dir / REPORT_FILE
     path.write_text("\n".join(lines))
     return path
 

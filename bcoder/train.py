@@ -1,4 +1,4 @@
-"""Two-stage B-Coder training on Hugging Face T5, end to end (SPEC sections 3-5 and 7).
+"""Two-stage B-Coder training on Hugging Face T5, end to end (docs/method.md#training).
 
     python -m bcoder.train --preset tiny --out runs/tiny          # every stage, on the CPU
     python -m bcoder.train --preset tiny --out runs/tiny --resume  # continue an interrupted run
@@ -19,227 +19,44 @@ Across processes (bcoder.distributed; docs in the README):
     torchrun --nproc_per_node N -m bcoder.train --preset tiny --out runs/tiny [--fsdp]
 
 runs every stage on N ranks (NCCL on GPUs, cuda:LOCAL_RANK each; Gloo on CPUs). sft_batch,
-phi_batch and theta_batch are GLOBAL batches: rank r trains on its block of global_batch / N rows
-of every batch (N must divide them) with DDP (or FSDP2 with --fsdp), the loss normalisers summed
-over the ranks, so N processes train as one does. sample and eval shard their problem chunks
-(seeded per chunk, not per rank); rank 0 alone writes the run directory and the replay database.
-Checkpoints hold the full model and optimiser state: any N resumes them.
+phi_batch and theta_batch are GLOBAL batches: rank r trains on rows r, r + N, ... of every batch
+(N must divide them) with DDP (or FSDP2 with --fsdp), the loss normalisers summed over the ranks,
+so N processes train as one does. sample and eval shard their problem chunks (seeded per chunk,
+not per rank); rank 0 alone writes the run directory and the replay database. Checkpoints hold
+the full model and optimiser state: any N resumes them.
 
-The run directory also holds config.json (the resolved config), metrics.jsonl (every logged
-step), curves.png, and state/ (the resume checkpoints: model, optimiser, scheduler, RNG and
-data position).
+The run directory and its files: bcoder.run. This module is the orchestrator at the top: it uses
+bcoder.evaluate (the eval stage) and bcoder.report (figures after each stage), which never import it.
 """
 import argparse
 import dataclasses
 import json
 import math
-import os
 import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import T5Config, T5ForConditionalGeneration
 
 from bcoder import distributed as dist
+from bcoder.data.loading import load_split
 from bcoder.data.problems import DataError
+from bcoder.data.tokenizer import tiny_tokenizer
+from bcoder.evaluate import evaluate_run
+from bcoder.loss import bellman_loss
+from bcoder.model import QModel, QModelConfig
+from bcoder.ops import check_backend
+from bcoder.reference import capped_value, check_operator, q_values
+from bcoder.replay import ReplayStore
+from bcoder.report import after_stage
+from bcoder.run import (PRESETS, REPLAY_FILE, STAGES, TrainConfig, TrainingError, ckpt_dir, load_ckpt, load_tokenizer,
+                        open_run)
+from bcoder.sampling import encode, generate, prompts_of
 
 SAMPLE_CHUNK = 16                 # problems per sampling call (and per seed) in the sample stage
-REPLAY_FILE, CONFIG_FILE, METRICS_FILE, EVAL_FILE = "replay.db", "config.json", "metrics.jsonl", "eval.json"
-STAGES = ("sft", "sample", "phi", "theta", "eval")
-
-
-@dataclass
-class TrainConfig:
-    data: str = "tiny"                # "tiny" | "mbpp:PATH" | "apps:PATH"
-    model: str = ""                   # a T5 checkpoint directory (with its tokenizer) instead of sft
-    replay: str = ""                  # an existing replay database to start from (skips sampling)
-    seed: int = 0
-    n_train: int = 1000               # tiny data set sizes
-    n_test: int = 100
-    max_prompt_tokens: int = 600      # SPEC 7
-    max_program_tokens: int = 512
-    # the theta_ckpt trained from scratch by sft (tiny presets)
-    d_model: int = 128
-    d_ff: int = 512
-    layers: int = 2
-    heads: int = 4
-    sft_steps: int = 500
-    sft_batch: int = 64
-    sft_lr: float = 2e-3
-    # sample
-    samples_per_problem: int = 4
-    sample_temperature: float = 1.0
-    top_p: float = 0.95
-    sandbox_timeout: float = 4.0
-    workers: int = 0                  # sandbox workers; 0 = one per core
-    # phi and theta stages (SPEC 7; presets scale the step counts and learning rates)
-    phi_steps: int = 200
-    phi_batch: int = 64
-    phi_lr: float = 1e-3
-    theta_steps: int = 150
-    theta_batch: int = 64
-    theta_lr: float = 1e-5
-    weight_decay: float = 0.05
-    rho_real: float = 0.5
-    grad_clip: float = 1.0
-    dtype: str = "float32"            # "float32" | "bfloat16" (autocast on the trained decoders)
-    gamma: float = 0.999
-    alpha: float = 1.0
-    beta_adv: float = 0.1
-    beta_ce: float = 0.5
-    operator: str = "conservative"    # or "optimality": the ablation of Figure 1
-    no_init: bool = False             # theta-stage without phi and the residual head (Figure 1)
-    loss_backend: str = "auto"
-    # eval (SPEC 8; bcoder.evaluate.evaluate_run): a pool of eval_samples programs per held-out problem and
-    # policy at eval_temperature, all scored by R~ under theta and run against all the tests (and the example tests, for filtered)
-    eval_samples: int = 16
-    eval_temperature: float = 0.6
-    eval_ks: tuple = (1, 5)
-    rank_m: int = 0                   # ranked/filtered/oracle from m of the pool (0: m = eval_samples);
-                                      # m < pool: exact average over the pool's m-subsets
-    filter_samples: int = 0           # > 0: filtered and oracle use a second pool of this size...
-    filter_temperature: float = 0.4   # ...sampled at this temperature (paper: m=1000, temperature 0.4)
-    max_new_tokens: int = 96
-    log_every: int = 10
-    checkpoint_every: int = 50
-
-
-PRESETS = {
-    "tiny": TrainConfig(),
-    "smoke": TrainConfig(n_train=24, n_test=8, d_model=32, d_ff=64, heads=2, sft_steps=30, sft_batch=16,
-                         samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6, theta_batch=8,
-                         eval_samples=2, max_new_tokens=48, log_every=2, checkpoint_every=2),
-}
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what was kept."""
-
-
-# ----- the run directory -----
-
-class Run:
-    """The run directory. Across processes only rank 0 writes to it (state, metrics, markers); every
-    rank reads it. `fsdp`: train with FSDP2 instead of DDP (a launch option, not part of the config)."""
-
-    def __init__(self, directory, config, fsdp=False):
-        self.dir, self.config, self.fsdp = Path(directory), config, fsdp
-        if dist.is_main():
-            (self.dir / "state").mkdir(parents=True, exist_ok=True)
-
-    def path(self, name):
-        return self.dir / name
-
-    def done(self, stage):
-        return (self.dir / "state" / f"{stage}.done").exists()
-
-    def mark_done(self, stage):
-        if dist.is_main():
-            (self.dir / "state" / f"{stage}.done").touch()
-
-    def save_state(self, stage, state):
-        """Atomically: a kill mid-write leaves the previous checkpoint. Rank 0 only."""
-        if not dist.is_main():
-            return
-        target = self.dir / "state" / f"{stage}.pt"
-        torch.save(state, target.with_suffix(".tmp"))
-        os.replace(target.with_suffix(".tmp"), target)
-
-    def load_state(self, stage):
-        target = self.dir / "state" / f"{stage}.pt"
-        return torch.load(target, weights_only=False) if target.exists() else None
-
-    def log(self, record):
-        if not dist.is_main():
-            return
-        with open(self.dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def forget_metrics_after(self, stage, step):
-        """Drops metrics that a killed run logged past its last checkpoint, before resuming at `step`."""
-        path = self.dir / METRICS_FILE
-        if not dist.is_main() or not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines()
-                if not (json.loads(line).get("stage") == stage and json.loads(line).get("step", -1) >= step)]
-        path.write_text("".join(line + "\n" for line in kept))
-
-
-def open_run(out, config, resume, overwrite):
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise TrainingError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
-        elif (out / CONFIG_FILE).exists():
-            saved = json.loads((out / CONFIG_FILE).read_text())
-            changed = {k: (saved.get(k), v) for k, v in _jsonable(config).items() if saved.get(k) != v}
-            if changed:
-                raise TrainingError(f"--resume with a different config than {out / CONFIG_FILE}: {changed}")
-    run = Run(out, config)
-    (out / CONFIG_FILE).write_text(json.dumps(_jsonable(config), indent=2) + "\n")
-    return run
-
-
-def _jsonable(config):
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-# ----- data -----
-
-def load_problems(config):
-    """(train, test) problems of config.data."""
-    if config.data == "tiny":
-        from bcoder.data.tiny import make_tiny_problems
-
-        return make_tiny_problems(seed=config.seed, n_train=config.n_train, n_test=config.n_test)
-    kind, _, path = config.data.partition(":")
-    if kind not in ("mbpp", "apps") or not path:
-        raise TrainingError(f"--data must be 'tiny', 'mbpp:PATH' or 'apps:PATH', got {config.data!r}")
-    if kind == "mbpp":
-        from bcoder.data.mbpp import load_mbpp
-
-        problems = load_mbpp(path)
-        # The standard MBPP split: tasks 11-510 test, 601-974 train.
-        train = [p for p in problems if 601 <= int(p.task_id) <= 974]
-        test = [p for p in problems if 11 <= int(p.task_id) <= 510]
-    else:
-        from bcoder.data.apps import load_apps
-
-        problems = load_apps(path)
-        order = sorted(problems, key=lambda p: str(p.task_id))
-        cut = max(1, len(order) // 5)  # a sample of APPS's train split: hold out a fifth
-        train, test = order[cut:], order[:cut]
-    if not train or not test:
-        raise TrainingError(f"{config.data}: empty split (train {len(train)}, test {len(test)} problems)")
-    return train, test
-
-
-def encode(tokenizer, texts, max_tokens):
-    """(ids, mask) of right-padded token sequences, each cut at max_tokens (EOS kept last)."""
-    rows = []
-    for text in texts:
-        ids = tokenizer(text).input_ids
-        if len(ids) > max_tokens:
-            ids = ids[:max_tokens - 1] + [tokenizer.eos_token_id]
-        rows.append(ids)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
-    mask = torch.arange(width) < torch.tensor([len(r) for r in rows]).unsqueeze(1)
-    return ids, mask
-
-
-def prompts_of(problems):
-    from bcoder.data.prompt import apps_prompt
-
-    return [apps_prompt(p) for p in problems]
 
 
 # ----- the training loop shared by sft, phi and theta -----
@@ -255,30 +72,22 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
     rank's count. Rank 0 logs and saves the checkpoints: the unwrapped model's full state and the
     optimiser's, so that any number of processes resumes them. Returns the trained model (unwrapped).
     """
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
-                                                         set_optimizer_state_dict)
-
     config = run.config
-    full = StateDictOptions(full_state_dict=True)
+    sharded = run.fsdp and dist.active()
+
+    def make_optimizer():
+        return torch.optim.AdamW(parameters(model), lr=lr, weight_decay=config.weight_decay)
+
     state = run.load_state(stage)
-    sharded = bool(getattr(run, "fsdp", False)) and dist.active()
     if state is not None:  # the full state, from any number of processes, with or without FSDP
-        model.load_state_dict(state["model"])
-        if sharded and not state.get("sharded", False):
-            # An optimiser state keyed by parameter index (saved without FSDP): key it by name first.
-            plain = torch.optim.AdamW(parameters(model), lr=lr, weight_decay=config.weight_decay)
-            plain.load_state_dict(state["optimizer"])
-            state["optimizer"], state["sharded"] = get_optimizer_state_dict(model, plain, options=full), True
+        optimizer_state, keyed_by_name = dist.load_full_state(model, state, sharded, make_optimizer)
     net = dist.wrap(model, fsdp=sharded)
-    optimizer = torch.optim.AdamW(parameters(model), lr=lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer()
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda step: max(0.0, 1 - step / steps)) if decay else (lambda step: 1.0))
     start = 0
     if state is not None:
-        if state.get("sharded", False):  # keyed by parameter name: FSDP's (full) optimiser state
-            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
-        else:
-            optimizer.load_state_dict(state["optimizer"])
+        dist.load_optimizer_state(model, optimizer, optimizer_state, keyed_by_name)
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -310,14 +119,7 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
                      "lr": schedule.get_last_lr()[0], **metrics,
                      "tokens_per_second": metrics.get("tokens", 0) * config.log_every / seconds})
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
-            if sharded:
-                from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-                options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-                model_state = get_model_state_dict(model, options=options)
-                optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
-            else:
-                model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+            model_state, optimizer_state = dist.full_state(model, optimizer, sharded)
             run.save_state(stage, {"step": step + 1, "model": model_state, "optimizer": optimizer_state,
                                    "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
                                    "python_rng": random.getstate(), "sharded": sharded,
@@ -348,12 +150,8 @@ def global_weights(*counts):
 
 def stage_sft(run):
     """theta_ckpt from scratch: a tiny T5 with a local tokenizer, trained on the reference solutions."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    from bcoder.data.tokenizer import tiny_tokenizer
-
     config = run.config
-    train, _ = load_problems(config)
+    train, _ = load_split(config)
     tokenizer = tiny_tokenizer(train)
     t5_config = T5Config(
         vocab_size=len(tokenizer), d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.heads,
@@ -378,54 +176,15 @@ def stage_sft(run):
         ce = dist.all_sum([loss.item() * tokens])[0] / dist.all_sum([tokens])[0]
         return loss * weight, {"ce_loss": ce, "tokens": tokens}
 
-    model = train_steps(run, "sft", model, lambda m: list(m.parameters()), config.sft_steps, config.sft_lr, True,
-                        step_fn)
-    save_on_main(run, model, run.path("ckpt"), lambda: T5ForConditionalGeneration(t5_config))
+    model = train_steps(run, "sft", model, parameters=lambda m: list(m.parameters()), steps=config.sft_steps,
+                        lr=config.sft_lr, decay=True, step_fn=step_fn)
+    dist.save_pretrained_on_main(model, ckpt_dir(run.dir, config), lambda: T5ForConditionalGeneration(t5_config))
     if dist.is_main():
-        tokenizer.save_pretrained(run.path("ckpt"))
+        tokenizer.save_pretrained(ckpt_dir(run.dir, config))
 
 
 def to_device(*tensors):
     return [t.to(dist.device(), non_blocking=True) for t in tensors]
-
-
-def save_on_main(run, model, directory, build):
-    """model.save_pretrained(directory) by rank 0. Under FSDP every rank gathers the full state to
-    rank 0 first, which loads it into a fresh unsharded model from build() and saves that."""
-    if dist.fsdp_units(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if dist.is_main():
-            model = build()
-            model.load_state_dict(state)
-    if dist.is_main():
-        model.save_pretrained(directory)
-    dist.barrier()
-
-
-def ckpt_dir(run):
-    return Path(run.config.model) if run.config.model else run.path("ckpt")
-
-
-def load_ckpt(run):
-    """theta_ckpt, a T5ForConditionalGeneration; TrainingError naming what is wrong with its directory."""
-    from bcoder.model import load_t5_checkpoint
-
-    try:
-        return load_t5_checkpoint(ckpt_dir(run), None)
-    except (OSError, ValueError) as error:
-        raise TrainingError(str(error)) from None
-
-
-def load_tokenizer(run):
-    from transformers import AutoTokenizer
-
-    directory = ckpt_dir(run)
-    try:
-        return AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError) as error:
-        raise TrainingError(f"{directory}: no tokenizer beside the model ({error})") from None
 
 
 def stage_sample(run):
@@ -435,12 +194,10 @@ def stage_sample(run):
     (the same programs at any N); rank r samples and runs chunks r, r + N, ... on its own machine's
     sandbox and sends them to rank 0, which alone writes the store, in chunk order (the rows that
     one process would write, in the same order)."""
-    from bcoder.replay import ReplayStore
-
     config = run.config
-    model = load_ckpt(run).to(dist.device())
-    train, _ = load_problems(config)
-    tokenizer = load_tokenizer(run)
+    model = load_ckpt(run.dir, config).to(dist.device())
+    train, _ = load_split(config)
+    tokenizer = load_tokenizer(run.dir, config)
     chunk, ranks = SAMPLE_CHUNK, dist.world_size()
     state = run.load_state("sample") or {"next": 0}
     store = ReplayStore(run.path(REPLAY_FILE)) if dist.is_main() else None
@@ -463,14 +220,14 @@ def stage_sample(run):
                 if start < len(train):
                     problems = train[start:start + chunk]
                     torch.manual_seed(hash((config.seed, start)) % 2**31)
-                    programs = generate(model, tokenizer, problems, config.samples_per_problem,
-                                        config.sample_temperature, config)
+                    programs = generate(model, tokenizer, problems, samples=config.samples_per_problem,
+                                        temperature=config.sample_temperature, config=config)
                     owners = [p for p in problems for _ in range(config.samples_per_problem)]
                     results = sandbox.run(programs, [p.tests for p in owners])
                     mine = ([p.task_id for p in owners], programs, results)
                 for part in dist.gather(mine) or ():
                     if part is not None:
-                        store.add_results(*part, model=str(ckpt_dir(run)))
+                        store.add_results(*part, model=str(ckpt_dir(run.dir, config)))
                 run.save_state("sample", {"next": min(len(train), round_start + chunk * ranks)})
         if store is not None:
             run.log({"stage": "sample", "step": len(train), **{f"count_{k}": v for k, v in store.counts().items()}})
@@ -479,51 +236,26 @@ def stage_sample(run):
             store.close()
 
 
-def generate(policy_model, tokenizer, problems, samples, temperature, config):
-    """`samples` programs per problem (adjacent), decoded; temperature 0 means one greedy program.
-
-    policy_model is a T5ForConditionalGeneration: sampling from softmax(logits) samples the
-    B-Coder policy (SPEC section 2), so Hugging Face `generate` serves as it is."""
-    prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
-    device = next(policy_model.parameters()).device
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    if temperature == 0:
-        sampling = {"do_sample": False}
-    else:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": config.top_p,
-                    "num_return_sequences": samples}
-    policy_model.eval()
-    with torch.no_grad():
-        sequences = policy_model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                          max_new_tokens=config.max_new_tokens, **sampling)
-    return tokenizer.batch_decode(sequences[:, 1:], skip_special_tokens=True)  # drop the start token
-
-
 def q_model_for(run, stage):
     """The Q-model a stage starts from: phi from theta_ckpt; theta from the trained phi (or, with
-    --no-init, from theta_ckpt with a value head trained from scratch)."""
-    from bcoder.model import QModel, QModelConfig
-
+    --no-init-value-from-phi, from theta_ckpt with a value head trained from scratch)."""
     config = run.config
     torch.manual_seed(config.seed)
-    if stage == "theta" and not config.no_init:
+    if stage == "theta" and config.init_value_from_phi:
         model = QModel.from_pretrained(run.path("phi"))
         model.set_stage("theta")
     else:
-        model = QModel.from_checkpoint(load_ckpt(run), QModelConfig(stage=stage, init_value_from_phi=not config.no_init))
+        model = QModel.from_checkpoint(load_ckpt(run.dir, config),
+                                       QModelConfig(stage=stage, init_value_from_phi=config.init_value_from_phi))
     return model
 
 
 def stage_value(run, stage):
     """The phi-stage (L_V, only phi trains) or the theta-stage (L_ft), on replay batches."""
-    from bcoder.loss import bellman_loss
-    from bcoder.reference import capped_value
-    from bcoder.replay import ReplayStore
-
     config = run.config
-    tokenizer = load_tokenizer(run)
+    tokenizer = load_tokenizer(run.dir, config)
     model = q_model_for(run, stage).to(dist.device())
-    train, _ = load_problems(config)
+    train, _ = load_split(config)
     by_id = {p.task_id: p for p in train}
     prompts = dict(zip(by_id, prompts_of(train)))
     store = ReplayStore(run.path(REPLAY_FILE))
@@ -551,15 +283,14 @@ def stage_value(run, stage):
         w_td, w_adv, w_ce = global_weights(*counts)
         # phi: L_V, the advantage is theta_ckpt's, frozen; only the TD term
         parts = bellman_loss(out.logits.float(), None if stage == "phi" else out.ckpt_logits.float(),
-                             out.values.float(), programs, mask, rewards, is_gt, config.gamma, config.alpha,
-                             beta_adv * w_adv / w_td, beta_ce * w_ce / w_td, operator=config.operator,
-                             backend=config.loss_backend)
+                             out.values.float(), programs, mask, rewards, is_gt, gamma=config.gamma,
+                             alpha=config.alpha, beta_adv=beta_adv * w_adv / w_td, beta_ce=beta_ce * w_ce / w_td,
+                             operator=config.operator, backend=config.loss_backend)
         sums = [parts.td_loss.item() * counts[0], parts.adv_loss.item() * counts[1],
                 parts.ce_loss.item() * counts[2], *counts]
         with torch.no_grad():
-            logits = out.logits.float()
             value = capped_value(out.values.float())
-            q = config.alpha * (logits.gather(-1, programs.unsqueeze(-1)).squeeze(-1) - logits.amax(-1)) + value
+            q = q_values(out.logits.float(), out.values.float(), programs, alpha=config.alpha)
             for rows_of in (is_gt, ~is_gt):
                 tokens = mask & rows_of.unsqueeze(1)
                 sums += [value[tokens].sum().item(), q[tokens].sum().item(), int(tokens.sum())]
@@ -573,16 +304,15 @@ def stage_value(run, stage):
         return parts.loss * w_td, metrics
 
     steps, lr = (config.phi_steps, config.phi_lr) if stage == "phi" else (config.theta_steps, config.theta_lr)
-    model = train_steps(run, stage, model, lambda m: m.trainable_parameters(), steps, lr, stage == "theta", step_fn)
+    model = train_steps(run, stage, model, parameters=lambda m: m.trainable_parameters(), steps=steps, lr=lr,
+                        decay=stage == "theta", step_fn=step_fn)
     store.close()
-    save_on_main(run, model, run.path(stage), lambda: q_model_for(run, stage))
+    dist.save_pretrained_on_main(model, run.path(stage), lambda: q_model_for(run, stage))
 
 
 def stage_eval(run):
-    """theta_ckpt and theta on the held-out problems: greedy pass@1 and the protocols of SPEC 8
-    (unranked, ranked, filtered, oracle; bcoder.evaluate.evaluate_run), R~ per outcome; eval.json."""
-    from bcoder.evaluate import evaluate_run
-
+    """theta_ckpt and theta on the held-out problems: greedy pass@1 and the protocols (unranked, ranked,
+    filtered, oracle; bcoder.evaluate.evaluate_run), R~ per outcome; eval.json."""
     report = evaluate_run(run.dir, run.config)
     print(json.dumps({key: report[key] for key in ("ckpt", "theta", "mean_return_by_outcome")}, indent=2))
 
@@ -597,7 +327,7 @@ def stages_to_run(config, only):
     skipped = {"sft"} if config.model else set()
     if config.replay:
         skipped.add("sample")
-    if config.no_init:
+    if not config.init_value_from_phi:
         skipped.add("phi")
     return [s for s in STAGES if s not in skipped]
 
@@ -614,7 +344,7 @@ def main(argv=None):
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
-            parser.add_argument(flag, action="store_true", default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif f.type is tuple:
             parser.add_argument(flag, type=lambda s: tuple(int(k) for k in s.split(",")), default=None)
         else:
@@ -625,7 +355,12 @@ def main(argv=None):
     config = dataclasses.replace(PRESETS[args.preset], **overrides)
     dist.init()  # joins the process group under torchrun (WORLD_SIZE > 1); nothing in one process
     try:
-        load_problems(config)  # a malformed data file or an empty split fails here, before any work
+        load_split(config)  # a malformed data file or an empty split fails here, before any work
+        try:
+            check_operator(config.operator)
+            check_backend(config.loss_backend)
+        except ValueError as error:
+            raise TrainingError(f"{error} (--operator, --loss-backend)") from None
         for name, size in (("sft_batch", config.sft_batch), ("phi_batch", config.phi_batch),
                            ("theta_batch", config.theta_batch)):
             if size % dist.world_size():
@@ -649,9 +384,7 @@ def main(argv=None):
             run.mark_done(stage)
             run.log({"stage": stage, "wall_seconds": time.perf_counter() - started})
             if dist.is_main():
-                from bcoder.report import after_stage  # curves.png after sft/phi/theta; report.md after eval
-
-                after_stage(run.dir, stage)
+                after_stage(run.dir, stage)  # curves.png after sft/phi/theta; report.md after eval
     except (TrainingError, DataError) as error:
         sys.exit(f"bcoder.train: {error}")
     finally:

@@ -8,8 +8,12 @@ For each shape and dtype: forward, backward, forward+backward and no-grad forwar
 in eager mode and under `torch.compile`. Half of the programs are ground truth (rho_real = 0.5),
 so half the rows take the dense cross-entropy gradient. Reports median times, peak resident
 memory above the inputs, effective GB/s and the floor set by memory bandwidth measured in the
-same run: the fewest bytes a fused forward+backward must move are both logits read once and the
-gradient written once (SPEC section 9).
+same run (bench/common.py): the fewest bytes a fused forward+backward must move are both logits
+read once and the gradient written once (docs/method.md#the-fused-op).
+
+The in-place variant writes its gradient over a scratch copy of the logits; before every pass
+(outside the timed region) the scratch is refilled with the original logits, so each repeat
+times the same input.
 """
 import argparse
 import platform
@@ -21,56 +25,18 @@ import torch
 import bcoder
 from bcoder import reference
 
+from common import copy_bandwidth, floor_bytes, make_loss_inputs, peak_rss_rise  # bench/common.py
+
 PROGRAMS = 16
 
 
-def make_inputs(rows, vocab, dtype):
-    steps = rows // PROGRAMS
-    generator = torch.Generator().manual_seed(0)
-    logits = (torch.randn(PROGRAMS, steps, vocab, generator=generator) * 3).to(dtype).requires_grad_()
-    ckpt = (torch.randn(PROGRAMS, steps, vocab, generator=generator) * 3).to(dtype)
-    values = torch.randn(PROGRAMS, steps, generator=generator).to(dtype).requires_grad_()
-    actions = torch.randint(0, vocab, (PROGRAMS, steps), generator=generator)
-    mask = torch.ones(PROGRAMS, steps, dtype=torch.bool)
-    rewards = torch.tensor([1.0, -0.3, -0.6, -1.0]).repeat(PROGRAMS // 4).to(dtype)
-    is_ground_truth = torch.arange(PROGRAMS) % 2 == 0
-    return logits, ckpt, values, actions, mask, rewards, is_ground_truth
-
-
-def resident_bytes(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_bytes_above_current(fn):
-    """Peak resident memory while fn runs, above what is resident before it (Linux VmHWM)."""
-    before = resident_bytes("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    fn()
-    return max(resident_bytes("VmHWM") - before, 0)
-
-
-def copy_bandwidth(nbytes):
-    """Bytes per second of a large memory copy (read + write), median of 5."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
-    dst = torch.empty_like(src).fill_(0.0)
-    times = []
-    for _ in range(6):
-        start = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - start)
-    return 2 * nbytes / statistics.median(times[1:])
-
-
-def time_loss(loss_fn, inputs, repeats):
-    """Median seconds of (forward, backward, no-grad forward) and peak memory of forward+backward."""
+def time_loss(loss_fn, inputs, repeats, fresh=lambda: None):
+    """Median seconds of (forward, backward, no-grad forward) and peak memory of forward+backward.
+    fresh() runs before each pass, untimed: it restores inputs that a pass overwrites."""
     logits, values = inputs[0], inputs[2]
     forward, backward, no_grad = [], [], []
     for _ in range(repeats + 1):  # the first round warms up (and compiles)
+        fresh()
         logits.grad = values.grad = None
         start = time.perf_counter()
         loss = loss_fn(*inputs)
@@ -79,16 +45,18 @@ def time_loss(loss_fn, inputs, repeats):
         end = time.perf_counter()
         forward.append(middle - start)
         backward.append(end - middle)
+        fresh()
         with torch.no_grad():
             start = time.perf_counter()
             loss_fn(*inputs)
             no_grad.append(time.perf_counter() - start)
+    fresh()
     logits.grad = values.grad = None
 
     def forward_backward():
         loss_fn(*inputs).backward()
 
-    peak = peak_bytes_above_current(forward_backward)
+    peak = peak_rss_rise(forward_backward)
     logits.grad = values.grad = None
     return [statistics.median(t[1:]) for t in (forward, backward, no_grad)] + [peak]
 
@@ -123,7 +91,7 @@ def main():
     shapes = [(256, 4096)] if args.quick else [(n, v) for n in args.rows for v in args.vocab]
     dtypes = [torch.float32, torch.bfloat16]
 
-    bandwidth = copy_bandwidth(256 << 20)
+    bandwidth = copy_bandwidth("cpu", 256 << 20)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.1f} GB/s (read+write, 256 MiB)\n")
     print("| N | V | dtype | variant | fwd ms | bwd ms | fwd+bwd ms | no-grad fwd ms | fwd+bwd GB/s "
@@ -131,25 +99,32 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for rows, vocab in shapes:
         for dtype in dtypes:
-            inputs = make_inputs(rows, vocab, dtype)
-            logits_bytes = inputs[0].numel() * inputs[0].element_size()
-            floor_bytes = 3 * logits_bytes  # read logits and ckpt logits, write the gradient
-            floor = floor_bytes / bandwidth
+            # every row real, half of the programs ground truth: the floor is 3 N V s
+            inputs = make_loss_inputs(PROGRAMS, rows // PROGRAMS, vocab, dtype)
+            logits_bytes = inputs.logits.numel() * inputs.logits.element_size()
+            moved = floor_bytes(inputs, "fwd+bwd")
+            floor = moved / bandwidth
             results = {}
             torch._dynamo.reset()  # else the recompile limit, reached across shapes, falls back to eager
             for name, loss_fn in variants(not args.no_compile).items():
-                run_inputs = inputs
+                run_inputs, fresh = inputs, lambda: None
                 if "in place" in name:
-                    scratch = inputs[0].detach().clone().requires_grad_()
-                    run_inputs = (scratch, *inputs[1:])
-                results[name] = time_loss(loss_fn, run_inputs, args.repeats)
+                    # the backward overwrites the scratch logits: refill them before each pass
+                    scratch = inputs.logits.detach().clone().requires_grad_()
+                    run_inputs = inputs._replace(logits=scratch)
+
+                    def fresh(scratch=scratch, logits=inputs.logits):
+                        with torch.no_grad():
+                            scratch.copy_(logits)
+
+                results[name] = time_loss(loss_fn, run_inputs, args.repeats, fresh)
             for name, (fwd, bwd, no_grad, peak) in results.items():
                 total = fwd + bwd
                 eager_total = sum(results["reference eager"][:2])
                 compiled = results.get("reference torch.compile")
                 versus_compile = f"{sum(compiled[:2]) / total:.1f}x" if compiled else "-"
                 print(f"| {rows} | {vocab} | {str(dtype).removeprefix('torch.')} | {name} | {fwd * 1e3:.0f} "
-                      f"| {bwd * 1e3:.0f} | {total * 1e3:.0f} | {no_grad * 1e3:.0f} | {floor_bytes / total / 1e9:.1f} "
+                      f"| {bwd * 1e3:.0f} | {total * 1e3:.0f} | {no_grad * 1e3:.0f} | {moved / total / 1e9:.1f} "
                       f"| {total / floor:.2f} | {peak / 2**20:.0f} | {peak / logits_bytes:.2f} "
                       f"| {eager_total / total:.1f}x | {versus_compile} |")
 

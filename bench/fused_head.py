@@ -9,7 +9,8 @@ hidden, lm_head_weight and values (conservative operator, checkpoint hidden stat
                                bcoder.bellman_loss(..., backend="cpp")
     bellman_loss_from_hidden   the same loss, chunked, never holding [N, V] logits
 on two batches of B = N / 512 programs of T = 512 positions (lengths uniform in [T/2, T]): a
-quarter of the programs ground truth (their rows get the dense cross-entropy gradient) and none.
+quarter of the programs ground truth (every fourth; their rows get the dense cross-entropy
+gradient) and none. Inputs and the logits-then-loss path come from bench/common.py.
 
 Peak memory is measured in a fresh subprocess per variant: the rise of the process's peak resident
 set (VmHWM in /proc/self/status, reset through /proc/self/clear_refs once the inputs exist) over
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from common import logits_then_loss, make_hidden_inputs, peak_rss_rise  # bench/common.py
+
 STEPS = 512
 VARIANTS = ("logits then bellman_loss", "bellman_loss_from_hidden")
 BATCHES = ("1/4 ground truth", "no ground truth")
@@ -41,29 +44,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def memory_kib(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
 def make_inputs(args, ground_truth_fraction):
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    programs = args.rows // STEPS
-    hidden = torch.randn(programs, STEPS, args.hidden, generator=g, requires_grad=True)
-    weight = (torch.randn(args.vocab, args.hidden, generator=g) / args.hidden**0.5).requires_grad_()
-    lengths = torch.randint(STEPS // 2, STEPS + 1, (programs,), generator=g)
-    return dict(
-        hidden=hidden, lm_head_weight=weight,
-        ckpt_hidden=hidden.detach() + 0.1 * torch.randn(hidden.shape, generator=g),
-        ckpt_lm_head_weight=weight.detach() + 0.01 * torch.randn(weight.shape, generator=g),
-        values=torch.randn(programs, STEPS, generator=g, requires_grad=True),
-        actions=torch.randint(0, args.vocab, (programs, STEPS), generator=g),
-        mask=torch.arange(STEPS) < lengths.unsqueeze(1),
-        rewards=torch.tensor([-1.0, -0.6, -0.3, 1.0])[torch.randint(0, 4, (programs,), generator=g)],
-        is_ground_truth=torch.arange(programs) < round(programs * ground_truth_fraction),
-    )
+    """common.HiddenInputs of B = N / T programs, fp32 on the CPU."""
+    return make_hidden_inputs(args.rows // STEPS, STEPS, args.hidden, args.vocab,
+                              ground_truth_fraction=ground_truth_fraction, min_length=STEPS // 2)
 
 
 def passes(variant, inputs):
@@ -72,16 +56,12 @@ def passes(variant, inputs):
 
     import bcoder
 
-    trained = (inputs["hidden"], inputs["lm_head_weight"], inputs["values"])
-    labels = {k: inputs[k] for k in ("values", "actions", "mask", "rewards", "is_ground_truth")}
+    trained = (inputs.hidden, inputs.lm_head_weight, inputs.values)
 
     def forward():
         if variant == VARIANTS[1]:
-            return bcoder.bellman_loss_from_hidden(**inputs).loss
-        logits = inputs["hidden"] @ inputs["lm_head_weight"].T
-        with torch.no_grad():
-            ckpt_logits = inputs["ckpt_hidden"] @ inputs["ckpt_lm_head_weight"].T
-        return bcoder.bellman_loss(logits, ckpt_logits, **labels, backend="cpp").loss
+            return bcoder.bellman_loss_from_hidden(*inputs, backend="cpp").loss
+        return logits_then_loss(inputs, backend="cpp").loss
 
     def forward_backward():
         torch.autograd.grad(forward(), trained)
@@ -101,11 +81,7 @@ def worker(args):
     inputs = make_inputs(args, 0.25 if batch == BATCHES[0] else 0.0)
     if mode == "peak":
         _, forward_backward = passes(rest[0], inputs)
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # reset VmHWM to the current resident set
-        base_kib = memory_kib("VmRSS")
-        forward_backward()
-        return print(json.dumps((memory_kib("VmHWM") - base_kib) / 1024))
+        return print(json.dumps(peak_rss_rise(forward_backward) / 2**20))
     times = {(variant, kind): [] for variant in VARIANTS for kind in ("forward", "fwd_bwd")}
     for _ in range(args.repeats):
         for variant in VARIANTS:

@@ -8,31 +8,32 @@ Backends: "triton" and "cuda" (bcoder.bellman_loss with that backend; "cuda" onl
 torch.ops.bcoder.bellman_stats has a CUDA kernel), "reference" (bcoder.reference in eager
 PyTorch) and "compiled" (torch.compile of bcoder.reference.bellman_loss).
 
-The fraction of copy bandwidth puts a pass's fewest bytes (SPEC section 9) over its time and
-compares that with a large device-to-device copy_ measured in the same run:
-    forward          read logits and ckpt_logits               2 N V s
-    backward         write the gradient, read the CE rows      N V s (1 + f)
-    forward+backward read both, write the gradient             3 N V s
-with s the element size and f the fraction of rows with a dense (cross-entropy) gradient.
+Inputs: bench/common.py's builder, B programs of T positions with lengths uniform in [T/2, T]
+(right-padded), half of the programs ground truth. The fraction of copy bandwidth puts a pass's
+fewest bytes (bench/common.py's floor_bytes; docs/method.md#the-fused-op) over its time and
+compares that with a large device-to-device copy_ measured in the same run (common.copy_bandwidth):
+    forward          read logits and ckpt_logits of the real rows      2 R V s
+    backward         write the gradient, read the dense (CE) rows      (N + D) V s
+    forward+backward read both, write the gradient                     (2 R + N) V s
+with N = B T rows, R of them real (padding rows are not read), D real rows of ground-truth
+programs and s the element size.
 """
 import argparse
-import inspect
 import os
-import statistics
 import sys
-import time
 
 if "--dry-run" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the Triton kernels are defined
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.testing  # noqa: E402
 
 import bcoder  # noqa: E402
 from bcoder import reference  # noqa: E402
 from bcoder.kernels import bellman as triton_bellman  # noqa: E402
-from bcoder.sandbox.schema import REWARDS  # noqa: E402
+
+from common import copy_bandwidth, floor_bytes, logits_then_loss, make_hidden_inputs, make_loss_inputs  # noqa: E402
+from common import median_ms as common_median_ms  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -60,57 +61,32 @@ def has_cuda_kernel():
 
 def median_ms(fn):
     """Median time of fn in ms: triton.testing.do_bench (L2 flushed between runs) on CUDA,
-    wall-clock on CPU."""
-    if torch.cuda.is_available():
-        return triton.testing.do_bench(fn, return_mode="median")
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def copy_bandwidth(device):
-    """Bytes per second of a large copy_ (read + write), the practical ceiling of these kernels."""
-    nbytes = (2 << 30) if device == "cuda" else (64 << 20)
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / (median_ms(lambda: dst.copy_(src)) * 1e-3)
+    wall-clock of 3 runs after a warm-up on CPU."""
+    return common_median_ms(fn, "cuda" if torch.cuda.is_available() else "cpu", repeats=3)
 
 
 def make_inputs(programs, steps, vocab, dtype, device):
-    """A batch like the theta-stage's: ragged programs, half of them ground truth (dense CE rows)."""
-    logits = (torch.randn(programs, steps, vocab, device=device) * 2).to(dtype).requires_grad_()
-    ckpt_logits = (torch.randn(programs, steps, vocab, device=device) * 2).to(dtype)
-    values = torch.randn(programs, steps, device=device, requires_grad=True)
-    actions = torch.randint(0, vocab, (programs, steps), device=device)
-    lengths = torch.randint(steps // 2, steps + 1, (programs,), device=device)
-    lengths[0] = steps
-    mask = torch.arange(steps, device=device) < lengths.unsqueeze(1)
-    outcomes = torch.tensor(list(REWARDS.values()), device=device)
-    rewards = outcomes[torch.randint(0, len(outcomes), (programs,), device=device)]
-    is_ground_truth = torch.arange(programs, device=device) % 2 == 0
-    return dict(logits=logits, ckpt_logits=ckpt_logits, values=values, actions=actions, mask=mask,
-                rewards=rewards, is_ground_truth=is_ground_truth)
+    """A batch like the theta-stage's (common.LossInputs): ragged programs, half of them ground
+    truth (dense CE rows)."""
+    return make_loss_inputs(programs, steps, vocab, dtype, device, min_length=steps // 2, scale=2.0)
 
 
 def loss_fn(backend):
     """inputs -> scalar loss for one benchmarked backend."""
     if backend == "compiled":
         compiled = torch.compile(reference.bellman_loss, dynamic=False)
-        return lambda inputs: compiled(**inputs)[0]
-    return lambda inputs: bcoder.bellman_loss(**inputs, backend=backend).loss
+        return lambda inputs: compiled(*inputs)[0]
+    return lambda inputs: bcoder.bellman_loss(*inputs, backend=backend).loss
 
 
 def to_float64(inputs):
-    return {k: (v.detach().double().requires_grad_(v.requires_grad) if v.is_floating_point() else v)
-            for k, v in inputs.items()}
+    return type(inputs)(*(v.detach().double().requires_grad_(v.requires_grad) if v.is_floating_point() else v
+                          for v in inputs))
 
 
 def loss_and_grads(fn, inputs):
     loss = fn(inputs)
-    grad_logits, grad_values = torch.autograd.grad(loss, (inputs["logits"], inputs["values"]))
+    grad_logits, grad_values = torch.autograd.grad(loss, (inputs.logits, inputs.values))
     return [loss.detach(), grad_logits, grad_values]
 
 
@@ -138,9 +114,9 @@ def parity(backends, device, shape, dtype_names):
 
 def kernel_parity(inputs, dtype_name):
     """The Triton op's statistics against the float64 oracle (argmax exact, the rest max |error|)."""
-    logits = inputs["logits"].detach().flatten(0, 1)
-    ckpt = inputs["ckpt_logits"].flatten(0, 1)
-    actions = torch.where(inputs["mask"], inputs["actions"], -1).flatten()
+    logits = inputs.logits.detach().flatten(0, 1)
+    ckpt = inputs.ckpt_logits.flatten(0, 1)
+    actions = torch.where(inputs.mask, inputs.actions, -1).flatten()
     got = triton_bellman.stats(logits, ckpt, actions)
     oracle = reference.bellman_stats(logits.double(), ckpt.double(), actions)
     errors = [(g.double() - o).abs().max().item() for g, o in zip(got, oracle)]
@@ -152,14 +128,13 @@ def kernel_parity(inputs, dtype_name):
 
 def time_loss(backend, inputs, bandwidth):
     fn = loss_fn(backend)
-    wrt = (inputs["logits"], inputs["values"])
+    wrt = (inputs.logits, inputs.values)
     forward = median_ms(lambda: fn(inputs))
-    loss = fn(inputs)
-    backward = median_ms(lambda: torch.autograd.grad(loss, wrt, retain_graph=True))
-    del loss  # frees its saved activations before the next measurement
+    loss = [fn(inputs)]
+    backward = median_ms(lambda: torch.autograd.grad(loss[0], wrt, retain_graph=True))
+    loss.clear()  # frees its saved activations before the next measurement
     both = median_ms(lambda: torch.autograd.grad(fn(inputs), wrt))
-    nbytes = inputs["logits"].numel() * inputs["logits"].element_size()
-    fraction = 3 * nbytes / (both * 1e-3) / bandwidth
+    fraction = floor_bytes(inputs, "fwd+bwd") / (both * 1e-3) / bandwidth
     return [f"{forward:.3f}", f"{backward:.3f}", f"{both:.3f}", f"{100 * fraction:.0f}%"]
 
 
@@ -175,12 +150,10 @@ def kernel_ops(use_cuda_kernel):
 def time_kernels(ops, inputs, bandwidth):
     """Each backend's forward and backward op alone, with the loss's gradient pattern: dense rows
     (grad_shifted_lse != 0) on ground-truth programs, two non-zeros elsewhere, padding rows zero."""
-    logits = inputs["logits"].detach().flatten(0, 1)
-    ckpt = inputs["ckpt_logits"].flatten(0, 1)
-    actions = torch.where(inputs["mask"], inputs["actions"], -1).flatten()
-    dense = (inputs["mask"] & inputs["is_ground_truth"].unsqueeze(1)).flatten()
-    dense_fraction = dense.float().mean().item()
-    nbytes = logits.numel() * logits.element_size()
+    logits = inputs.logits.detach().flatten(0, 1)
+    ckpt = inputs.ckpt_logits.flatten(0, 1)
+    actions = torch.where(inputs.mask, inputs.actions, -1).flatten()
+    dense = (inputs.mask & inputs.is_ground_truth.unsqueeze(1)).flatten()
     rows = []
     for name, (forward, backward) in ops.items():
         _, argmax, shifted_lse, _, _ = forward(logits, ckpt, actions)
@@ -189,7 +162,8 @@ def time_kernels(ops, inputs, bandwidth):
         forward_ms = median_ms(lambda: forward(logits, ckpt, actions))
         backward_ms = median_ms(
             lambda: backward(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered))
-        passes = (("forward", forward_ms, 2 * nbytes), ("backward", backward_ms, nbytes * (1 + dense_fraction)))
+        passes = (("forward", forward_ms, floor_bytes(inputs, "forward")),
+                  ("backward", backward_ms, floor_bytes(inputs, "backward")))
         for kernel, ms, moved in passes:
             rate = moved / (ms * 1e-3)
             rows.append([name, kernel, f"{ms:.3f}", f"{rate / 1e9:.0f}", f"{100 * rate / bandwidth:.0f}%"])
@@ -198,38 +172,19 @@ def time_kernels(ops, inputs, bandwidth):
 
 def peak_memory(device, dry_run):
     """Peak bytes of bcoder.bellman_loss_from_hidden vs logits-then-loss, N = 16384, hidden 1024."""
-    if not hasattr(bcoder, "bellman_loss_from_hidden"):
-        return "bcoder.bellman_loss_from_hidden does not exist yet: skipped."
     programs, steps, hidden_size, vocab = (4, 4096, 1024, 151936) if not dry_run else (2, 8, 16, 300)
-    hidden = torch.randn(programs, steps, hidden_size, device=device, dtype=torch.bfloat16, requires_grad=True)
-    weight = (torch.randn(vocab, hidden_size, device=device, dtype=torch.bfloat16) / hidden_size**0.5).requires_grad_()
-    ckpt_hidden = hidden.detach() + 0.1 * torch.randn_like(hidden)
-    ckpt_weight = weight.detach().clone()
-    batch = make_inputs(programs, steps, 2, torch.float32, device)
-    known = dict(hidden=hidden, weight=weight, lm_head_weight=weight, ckpt_hidden=ckpt_hidden,
-                 ckpt_weight=ckpt_weight, ckpt_lm_head_weight=ckpt_weight,
-                 **{k: batch[k] for k in ("values", "actions", "mask", "rewards", "is_ground_truth")})
-    signature = inspect.signature(bcoder.bellman_loss_from_hidden)
-    required = [p.name for p in signature.parameters.values() if p.default is inspect.Parameter.empty]
-    if not set(required) <= known.keys():
-        return f"bellman_loss_from_hidden{signature}: unrecognised arguments, skipped."
-    kwargs = {name: known[name] for name in signature.parameters if name in known}
+    inputs = make_hidden_inputs(programs, steps, hidden_size, vocab, torch.bfloat16, device, min_length=steps // 2)
+    trained = (inputs.hidden, inputs.lm_head_weight)
 
-    def logits_then_loss():
-        logits = hidden @ weight.T
-        with torch.no_grad():
-            ckpt_logits = ckpt_hidden @ ckpt_weight.T
-        loss = bcoder.bellman_loss(logits, ckpt_logits, batch["values"], batch["actions"], batch["mask"],
-                                   batch["rewards"], batch["is_ground_truth"], backend="triton").loss
-        torch.autograd.grad(loss, (hidden, weight))
+    def unfused():
+        torch.autograd.grad(logits_then_loss(inputs, backend="triton").loss, trained)
 
     def fused():
-        output = bcoder.bellman_loss_from_hidden(**kwargs)
-        torch.autograd.grad(getattr(output, "loss", output), (hidden, weight))
+        torch.autograd.grad(bcoder.bellman_loss_from_hidden(*inputs).loss, trained)
 
     lines = [f"N = {programs * steps}, hidden {hidden_size}, V = {vocab}, bf16; forward + backward, "
              "above the inputs:", ""]
-    for name, fn in (("logits then bellman_loss (triton)", logits_then_loss), ("bellman_loss_from_hidden", fused)):
+    for name, fn in (("logits then bellman_loss (triton)", unfused), ("bellman_loss_from_hidden", fused)):
         if device != "cuda":  # the dry run still calls both, with the arguments a GPU run passes
             fn()
             lines.append(f"- {name}: ran; peak memory needs CUDA")
@@ -289,7 +244,7 @@ def main():
     n = args.programs * args.steps
     print(f"### bellman_loss, N = {n} rows ({args.programs} x {args.steps}), medians in ms\n")
     print(table(["V", "dtype", "backend", "forward", "backward", "fwd+bwd", "fwd+bwd % copy BW"], loss_rows) + "\n")
-    print("### The ops alone (bytes: forward 2 N V s, backward N V s (1 + dense fraction))\n")
+    print("### The ops alone (bytes: forward 2 R V s, backward (N + D) V s; bench/common.py's floor_bytes)\n")
     print(table(["V", "dtype", "backend", "op", "ms", "GB/s", "% copy BW"], kernel_rows) + "\n")
     print("### Peak memory of the fused LM head\n\n" + peak_memory(device, args.dry_run) + "\n")
     if failures:

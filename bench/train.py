@@ -6,6 +6,8 @@ One theta-stage step = Q-model forward (shared encoder, theta_ckpt, phi and thet
 bellman_loss, backward, AdamW step, on a fixed batch of the tiny preset's shapes (64 programs of
 about 45 tokens). Measured at the tiny preset's vocabulary and at CodeT5's (32128), where the
 vocabulary-sized work weighs more. Prints tokens per second (valid program tokens) per backend.
+The programs, their mask, rewards and ground-truth flags come from bench/common.py's builder
+(lengths uniform in [15, 45], half of the programs ground truth).
 """
 import statistics
 import time
@@ -15,7 +17,11 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 import bcoder
 from bcoder.model import QModel, QModelConfig
-from bcoder.train import PRESETS
+from bcoder.run import PRESETS
+
+from common import make_labels  # bench/common.py
+
+STEPS = 45  # program tokens
 
 
 def theta_step_seconds(model, optimizer, batch, backend, repeats):
@@ -47,16 +53,14 @@ def main():
         model = QModel.from_checkpoint(ckpt, QModelConfig(stage="theta"))
         model.train()
         optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
-        prompt_ids = torch.randint(3, vocab, (programs_per_batch, 45))
-        programs = torch.randint(3, vocab, (programs_per_batch, 45))
-        lengths = torch.randint(15, 46, (programs_per_batch,))
-        mask = torch.arange(45) < lengths.unsqueeze(1)
-        rewards = torch.tensor([1.0, -0.3, -0.6, -1.0]).repeat(programs_per_batch // 4)
-        is_gt = torch.arange(programs_per_batch) % 2 == 0
-        batch = (prompt_ids, torch.ones_like(prompt_ids, dtype=torch.bool), programs, mask, rewards, is_gt)
+        prompt_ids = torch.randint(3, vocab, (programs_per_batch, STEPS))
+        labels = make_labels(programs_per_batch, STEPS, vocab, min_length=15, requires_grad=False)
+        mask = labels.mask
+        batch = (prompt_ids, torch.ones_like(prompt_ids, dtype=torch.bool), labels.actions, mask, labels.rewards,
+                 labels.is_ground_truth)
         seconds = {backend: theta_step_seconds(model, optimizer, batch, backend, 5) for backend in ("cpp", "reference")}
         for backend, step in seconds.items():
-            print(f"| {vocab} | {programs_per_batch} x 45 | {backend} | {step * 1e3:.0f} | {int(mask.sum()) / step:.0f} "
+            print(f"| {vocab} | {programs_per_batch} x {STEPS} | {backend} | {step * 1e3:.0f} | {int(mask.sum()) / step:.0f} "
                   f"| {seconds['reference'] / seconds['cpp']:.2f}x |")
 
 

@@ -1,6 +1,6 @@
 // The fused Bellman-loss op: per-row statistics over the vocabulary and their gradient.
 // The contract (shapes, dtypes, padding, ties, -inf, NaN) is documented in bcoder/ops.py
-// and restated from SPEC section 9.
+// and docs/method.md#the-fused-op.
 #pragma once
 
 #include <ATen/core/Tensor.h>

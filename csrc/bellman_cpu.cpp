@@ -275,14 +275,18 @@ void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t voc
   TORCH_CHECK(t.device().is_cpu(), "bellman_stats: ", name, " must be a CPU tensor");
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == vocab, "bellman_stats: ", name,
               " must have shape [", rows, ", ", vocab, "], got ", t.sizes());
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble,
+              "bellman_stats: ", name, " must be float16, bfloat16, float32 or float64, got ", dtype);
   TORCH_CHECK(vocab == 0 || t.stride(1) == 1, "bellman_stats: ", name, " must be contiguous in its last dim");
 }
 
-void check_vector(const at::Tensor& t, const char* name, int64_t rows, at::ScalarType dtype) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == rows && t.scalar_type() == dtype &&
-                  t.is_contiguous(),
-              "bellman_stats: ", name, " must be a contiguous CPU tensor of shape [", rows, "] and dtype ", dtype,
-              ", got ", t.sizes(), " ", t.scalar_type());
+// An [N] per-row argument, returned contiguous (a strided one is copied), as every backend takes it.
+at::Tensor per_row(const at::Tensor& t, const char* name, int64_t rows, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == rows && t.scalar_type() == dtype,
+              "bellman_stats: ", name, " must be a CPU tensor of shape [", rows, "] and dtype ", dtype,
+              ", got ", t.sizes(), " ", t.scalar_type(), " on ", t.device());
+  return t.contiguous();
 }
 
 void check_actions(const at::Tensor& actions, int64_t vocab) {
@@ -296,26 +300,32 @@ at::ScalarType acc_type(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-void check_backward_args(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
-                         const at::Tensor& shifted_lse, const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse,
-                         const at::Tensor& grad_gathered) {
+// The backward's [N] arguments, checked and contiguous.
+struct BackwardArgs {
+  at::Tensor actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered;
+};
+
+BackwardArgs check_backward_args(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
+                                 const at::Tensor& shifted_lse, const at::Tensor& grad_max,
+                                 const at::Tensor& grad_shifted_lse, const at::Tensor& grad_gathered) {
   TORCH_CHECK(logits.dim() == 2, "bellman_stats_backward: logits must be [N, V], got ", logits.sizes());
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   check_rows(logits, "logits", rows, vocab);
-  check_vector(actions, "actions", rows, at::kLong);
-  check_vector(argmax, "argmax", rows, at::kLong);
   const auto acc = acc_type(logits);
-  check_vector(shifted_lse, "shifted_lse", rows, acc);
-  check_vector(grad_max, "grad_max", rows, acc);
-  check_vector(grad_shifted_lse, "grad_shifted_lse", rows, acc);
-  check_vector(grad_gathered, "grad_gathered", rows, acc);
-  check_actions(actions, vocab);
+  BackwardArgs args{per_row(actions, "actions", rows, at::kLong),
+                    per_row(argmax, "argmax", rows, at::kLong),
+                    per_row(shifted_lse, "shifted_lse", rows, acc),
+                    per_row(grad_max, "grad_max", rows, acc),
+                    per_row(grad_shifted_lse, "grad_shifted_lse", rows, acc),
+                    per_row(grad_gathered, "grad_gathered", rows, acc)};
+  check_actions(args.actions, vocab);
+  return args;
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bellman_stats_cpu(
-    const at::Tensor& logits, const std::optional<at::Tensor>& ckpt_logits, const at::Tensor& actions,
+    const at::Tensor& logits, const std::optional<at::Tensor>& ckpt_logits, const at::Tensor& actions_arg,
     bool /*inplace_backward*/) {
   TORCH_CHECK(logits.dim() == 2, "bellman_stats: logits must be [N, V], got ", logits.sizes());
   const int64_t rows = logits.size(0), vocab = logits.size(1);
@@ -326,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bellman_s
     TORCH_CHECK(ckpt_logits->scalar_type() == logits.scalar_type(), "bellman_stats: ckpt_logits dtype ",
                 ckpt_logits->scalar_type(), " differs from logits dtype ", logits.scalar_type());
   }
-  check_vector(actions, "actions", rows, at::kLong);
+  const at::Tensor actions = per_row(actions_arg, "actions", rows, at::kLong);
   check_actions(actions, vocab);
   const auto stat_options = logits.options().dtype(acc_type(logits));
   at::Tensor max_out = at::empty({rows}, stat_options), shifted_lse_out = at::empty({rows}, stat_options);
@@ -342,10 +352,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bellman_s
 at::Tensor bellman_stats_backward_cpu(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
                                       const at::Tensor& shifted_lse, const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse,
                                       const at::Tensor& grad_gathered) {
-  check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered);
+  const BackwardArgs args =
+      check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered);
   at::Tensor grad = empty_gradient(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "bellman_stats_backward_cpu", [&] {
-    backward_kernel<scalar_t>(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered, grad);
+    backward_kernel<scalar_t>(logits, args.actions, args.argmax, args.shifted_lse, args.grad_max,
+                              args.grad_shifted_lse, args.grad_gathered, grad);
   });
   return grad;
 }
@@ -353,9 +365,11 @@ at::Tensor bellman_stats_backward_cpu(const at::Tensor& logits, const at::Tensor
 void bellman_stats_backward_cpu_(const at::Tensor& logits, const at::Tensor& actions, const at::Tensor& argmax,
                                  const at::Tensor& shifted_lse, const at::Tensor& grad_max, const at::Tensor& grad_shifted_lse,
                                  const at::Tensor& grad_gathered) {
-  check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered);
+  const BackwardArgs args =
+      check_backward_args(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "bellman_stats_backward_cpu_", [&] {
-    backward_kernel<scalar_t>(logits, actions, argmax, shifted_lse, grad_max, grad_shifted_lse, grad_gathered, logits);
+    backward_kernel<scalar_t>(logits, args.actions, args.argmax, args.shifted_lse, args.grad_max,
+                              args.grad_shifted_lse, args.grad_gathered, logits);
   });
 }
 

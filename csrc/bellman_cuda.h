@@ -1,4 +1,4 @@
-// Torch-free CUDA kernels of the fused Bellman-loss op (SPEC section 9, notes/CONTRACT.md).
+// Torch-free CUDA kernels of the fused Bellman-loss op (docs/method.md#the-fused-op).
 //
 // Everything here takes raw device pointers, sizes in elements and a stream, so it compiles
 // with nvcc alone (no torch/ATen/c10 headers); bellman_cuda_binding.cpp adapts it to torch.

@@ -1,4 +1,4 @@
-"""Triton kernels for the fused Bellman row statistics (SPEC section 9, /work/notes/CONTRACT.md).
+"""Triton kernels for the fused Bellman row statistics (docs/method.md#the-fused-op).
 
 For row i of the [N, V] logits l (and the frozen checkpoint logits c), one pass gives
 
@@ -17,7 +17,9 @@ gradients (dm, ds, dg), is
     dl[i, k] = ds_i * exp((l[i, k] - m_i) - s_i) + dg_i * [k == a_i] + (dm_i - ds_i) * [k == j_i]
 
 with m_i = l[i, j_i] read back from the row (subtracting it before s_i keeps the softmax exact at
-any offset). Rows with a_i < 0 are padding: their statistics and gradient are 0 (argmax 0). The
+any offset). Rows with a_i < 0 are padding: their statistics and gradient are 0 (argmax 0). An
+action a_i >= V is not checked here (bcoder.loss checks actions; the C++ CPU kernel raises): its
+row is never read outside, g_i is NaN and no gradient column is e_{a_i}, as in the CUDA kernel. The
 dense term exists only where ds_i != 0 (ground-truth rows with the cross-entropy term); the other
 rows read no logits and cost no exp. Statistics are float64 for float64 logits, float32 otherwise.
 
@@ -125,7 +127,8 @@ def _bellman_stats_forward_kernel(
     nan = tl.full((), float("nan"), acc_dtype)
     shifted_lse = tl.where(row_max == float("inf"), nan, tl.log2(sum_exp) / log2e)
     row_max = tl.where(sum_exp != sum_exp, sum_exp, row_max)
-    gathered = tl.load(logits_row + action).to(acc_dtype)
+    # An action >= V (callers check actions; the kernel does not) reads nothing outside the row: NaN.
+    gathered = tl.load(logits_row + action, mask=action < V, other=float("nan")).to(acc_dtype)
     if HAS_CKPT:
         # A NaN checkpoint row leaves its argmax unspecified; never read outside the row.
         target = tl.load(logits_row + ckpt_argmax, mask=ckpt_argmax < V, other=float("nan")).to(acc_dtype)

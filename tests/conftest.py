@@ -1,12 +1,37 @@
+import os
 import secrets
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run on CPU tensors under Triton's interpreter, which is read
+    # when the kernels are defined (the first import of bcoder.kernels.bellman): on before any test.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+class LossInputs(NamedTuple):
+    """The tensor arguments of bellman_loss, in its order; loss_kwargs(inputs) passes them by name."""
+    logits: torch.Tensor
+    ckpt_logits: torch.Tensor
+    values: torch.Tensor
+    actions: torch.Tensor
+    mask: torch.Tensor
+    rewards: torch.Tensor
+    is_ground_truth: torch.Tensor
+
+
+def loss_kwargs(inputs):
+    """bellman_loss's keyword arguments from its tensor arguments in order (a LossInputs, list or tuple)."""
+    return dict(zip(LossInputs._fields, inputs, strict=True))
+
 
 def make_batch(batch, steps, vocab, dtype=torch.float32, lengths=None, ground_truth=None, scale=3.0,
                offset=0.0, generator=None, requires_grad=True):
-    """Random inputs of bellman_loss: logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth."""
+    """Random inputs of bellman_loss (a LossInputs: logits, ckpt_logits, values, actions, mask, rewards,
+    is_ground_truth), on CPU."""
     g = generator
     logits = (torch.randn(batch, steps, vocab, generator=g, dtype=torch.float64) * scale + offset).to(dtype)
     ckpt = (torch.randn(batch, steps, vocab, generator=g, dtype=torch.float64) * scale + offset).to(dtype)
@@ -21,7 +46,7 @@ def make_batch(batch, steps, vocab, dtype=torch.float32, lengths=None, ground_tr
     is_ground_truth = torch.as_tensor(ground_truth, dtype=torch.bool).expand(batch).clone()
     logits.requires_grad_(requires_grad)
     values.requires_grad_(requires_grad)
-    return logits, ckpt, values, actions, mask, rewards, is_ground_truth
+    return LossInputs(logits, ckpt, values, actions, mask, rewards, is_ground_truth)
 
 
 @pytest.fixture
@@ -65,3 +90,65 @@ def assert_cuda_graph_replays(step, refill):
     graph.replay()
     for got, expected in zip(captured, step()):
         assert torch.equal(got, expected)
+
+
+# ----- the fused op's backends (tests/test_bellman_op.py runs its contract on each) -----
+
+BACKEND_NAMES = ("cpp", "triton", "cuda")  # the kernel backends; "reference" is the oracle
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend of the fused op, as the tests drive it."""
+
+    name: str  # "cpp" | "triton" | "cuda" | "reference": the backend= argument of bcoder's losses
+    device: torch.device  # where its tensors live
+    ops: tuple  # bcoder.ops.BackendOps: stats, backward, backward_
+    error: type  # what its kernels raise for bad arguments
+    fake_error: type  # what its fake kernel (shape propagation under FakeTensorMode) raises for them
+    stride_message: str  # its complaint about logits whose columns are not contiguous
+    interpreted: bool = False  # Triton's kernels on CPU tensors, under its (slow, eager-only) interpreter
+
+    def block(self, dtype):
+        """Elements of a row the kernels handle per step: the C++ kernel's L1 chunk, the Triton
+        kernels' BLOCK, a 512-thread CUDA block's batch of four 16-byte vectors per thread."""
+        if self.name == "triton":
+            from bcoder.kernels import bellman
+
+            return bellman._launch_config(1 << 20, dtype)[0]
+        if self.name == "cuda":
+            return 4 * 512 * (16 // torch.empty((), dtype=dtype).element_size())
+        return 2048  # cpp (kChunk in csrc/bellman_cpu.cpp); the reference has no blocks
+
+
+def make_backend(name):
+    """The Backend called `name`, or a skip saying why it cannot run here."""
+    from bcoder import ops  # loads bcoder._C: only in tests that need it
+
+    if name in ("cpp", "reference"):
+        return Backend(name, torch.device("cpu"), ops.backend_ops(name), RuntimeError, RuntimeError,
+                       "contiguous in its last dim")
+    if name == "triton":
+        pytest.importorskip("triton", reason="backend 'triton' needs the triton package (pip install triton)")
+        interpreted = not torch.cuda.is_available()
+        if interpreted and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("backend 'triton' without a GPU needs TRITON_INTERPRET=1 (this run set it to "
+                        f"{os.environ.get('TRITON_INTERPRET')!r})")
+        return Backend(name, torch.device("cpu" if interpreted else "cuda"), ops.backend_ops(name), ValueError,
+                       ValueError, "contiguous last dim", interpreted)
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("backend 'cuda' needs a CUDA device (torch.cuda.is_available() is False)")
+        if not ops.has_cuda_kernels():
+            pytest.skip("backend 'cuda': bcoder._C was built without its CUDA kernels (needs a CUDA torch and "
+                        "a CUDA toolkit at build time)")
+        return Backend(name, torch.device("cuda"), ops.backend_ops(name), RuntimeError, RuntimeError,
+                       "unit column stride")
+    raise ValueError(f"no backend {name!r}")
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request):
+    """Each kernel backend of the fused op in turn (skipped, with the reason, where it cannot run);
+    parametrize "backend" indirectly to pick others, "reference" included."""
+    return make_backend(request.param)

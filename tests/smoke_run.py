@@ -1,5 +1,7 @@
 """One small smoke-preset run per test session, shared by the test modules that need a trained run
-(ranking, protocols, report): the smoke preset cut down so that it trains and evaluates in ~20 s."""
+(ranking, protocols, report): the smoke preset cut down so that it trains and evaluates in ~30 s.
+Its 120 sft steps are what it takes for the policy to learn its 8 training problems' references
+(test_rank checks that R~ ranks each above its mutations)."""
 import atexit
 import shutil
 import subprocess
@@ -8,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ("--preset", "smoke", "--sft-steps", "4", "--n-train", "8", "--n-test", "4", "--samples-per-problem", "1",
+ARGS = ("--preset", "smoke", "--sft-steps", "120", "--n-train", "8", "--n-test", "4", "--samples-per-problem", "1",
         "--phi-steps", "2", "--theta-steps", "2", "--eval-samples", "4", "--max-new-tokens", "16", "--workers", "2")
 _run = None
 

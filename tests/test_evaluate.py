@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bcoder.data.problems import default_data_dir
-from bcoder.evaluate import main, pass_at_k
+from bcoder.evaluate import main
+from bcoder.protocols import pass_at_k
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()

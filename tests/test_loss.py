@@ -1,12 +1,12 @@
 """bcoder.bellman_loss / token_rewards / BellmanLoss against the float64 reference."""
 import pytest
 import torch
-from conftest import make_batch
+from conftest import assert_error_within_reference, loss_kwargs, make_batch
 
 import bcoder
-from bcoder import reference
+from bcoder import fused_head, loss, reference
 
-OPERATORS = ["conservative", "optimality"]
+OPERATORS = reference.OPERATORS
 
 
 def float64_copy(inputs):
@@ -14,23 +14,27 @@ def float64_copy(inputs):
 
 
 def loss_and_grads(inputs, upstream=1.0, **kwargs):
-    out = bcoder.bellman_loss(*inputs, **kwargs)
+    out = bcoder.bellman_loss(**loss_kwargs(inputs), **kwargs)
     logits, values = inputs[0], inputs[2]
     grads = torch.autograd.grad(out.loss * upstream, (logits, values))
     return out, grads
 
 
-def assert_matches_float64(inputs, upstream=1.0, tol=1e-5, **kwargs):
-    """The op's error against float64 is at most the same-dtype reference's error plus `tol`."""
+def assert_matches_float64(inputs, upstream=1.0, **kwargs):
+    """Every loss part and both gradients, element by element: the error against the float64
+    oracle is at most the same-dtype reference's error there plus an ulp of the inputs' dtype
+    (conftest.assert_error_within_reference)."""
     out, grads = loss_and_grads(inputs, upstream, **kwargs)
-    oracle_inputs = float64_copy(inputs)
-    oracle, oracle_grads = loss_and_grads(oracle_inputs, upstream, **{**kwargs, "backend": "reference"})
+    oracle, oracle_grads = loss_and_grads(float64_copy(inputs), upstream, **{**kwargs, "backend": "reference"})
     same_dtype, same_dtype_grads = loss_and_grads(inputs, upstream, **{**kwargs, "backend": "reference"})
+    dtype = inputs[0].dtype
     for name, got, ref, want in zip(oracle._fields + ("d_logits", "d_values"), (*out, *grads),
                                     (*same_dtype, *same_dtype_grads), (*oracle, *oracle_grads)):
-        error = (got.double() - want).abs().max()
-        allowed = (ref.double() - want).abs().max() + tol * (1 + want.abs().max())
-        assert error <= allowed, f"{name}: error {error:.3g} > allowed {allowed:.3g}"
+        assert got.shape == want.shape, name
+        try:
+            assert_error_within_reference(got, ref, want, dtype)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
     return out
 
 
@@ -43,12 +47,15 @@ def test_matches_reference(dtype, operator, generator):
 
 @pytest.mark.parametrize("operator", OPERATORS)
 def test_phi_stage_without_ckpt_logits(operator, generator):
-    logits, _, values, *rest = make_batch(4, 7, 257, generator=generator)
-    logits.requires_grad_(False)  # phi-stage: the advantage is frozen, only values train
-    out = bcoder.bellman_loss(logits, None, values, *rest, operator=operator)
-    ref = reference.bellman_loss(logits.double(), None, values.detach().double(), *rest, operator=operator)
-    torch.testing.assert_close(out.loss.double(), ref[0], rtol=1e-5, atol=1e-6)
-    (grad,) = torch.autograd.grad(out.loss, values)
+    inputs = make_batch(4, 7, 257, generator=generator)._replace(ckpt_logits=None)
+    inputs.logits.requires_grad_(False)  # phi-stage: the advantage is frozen, only values train
+    out = bcoder.bellman_loss(**inputs._asdict(), operator=operator)
+    same_dtype = reference.bellman_loss(**inputs._asdict(), operator=operator)
+    oracle = reference.bellman_loss(**{**inputs._asdict(), "logits": inputs.logits.double(),
+                                       "values": inputs.values.detach().double()}, operator=operator)
+    for got, ref, want in zip(out, same_dtype, oracle):
+        assert_error_within_reference(got, ref, want, torch.float32)
+    (grad,) = torch.autograd.grad(out.loss, inputs.values)
     assert grad.abs().sum() > 0
 
 
@@ -56,13 +63,12 @@ def test_gradcheck_float64(generator):
     # gamma = 0: the TD target is a stop-gradient, so finite differences would see its
     # dependence on logits and values; the target path is checked against the reference above.
     for ground_truth in (True, False):
-        logits, ckpt, values, actions, mask, rewards, gt = make_batch(
-            3, 4, 6, torch.float64, ground_truth=ground_truth, generator=generator)
+        inputs = make_batch(3, 4, 6, torch.float64, ground_truth=ground_truth, generator=generator)
 
-        def loss(logits, values):
-            return bcoder.bellman_loss(logits, ckpt, values, actions, mask, rewards, gt, gamma=0.0).loss
+        def loss(logits, values, inputs=inputs):
+            return bcoder.bellman_loss(**inputs._replace(logits=logits, values=values)._asdict(), gamma=0.0).loss
 
-        assert torch.autograd.gradcheck(loss, (logits, values))
+        assert torch.autograd.gradcheck(loss, (inputs.logits, inputs.values))
 
 
 @pytest.mark.parametrize("batch,steps,vocab", [(1, 1, 1), (1, 1, 50), (2, 3, 1), (2, 2, 32128 + 7)])
@@ -103,7 +109,7 @@ def test_upstream_gradient_is_applied(generator):
 
 
 def test_parts_are_detached_and_sum_to_loss(generator):
-    out = bcoder.bellman_loss(*make_batch(3, 5, 40, generator=generator))
+    out = bcoder.bellman_loss(**make_batch(3, 5, 40, generator=generator)._asdict())
     assert out.loss.requires_grad and not any(p.requires_grad for p in out[1:])
     torch.testing.assert_close(out.loss.detach(), out.td_loss + 0.1 * out.adv_loss + 0.5 * out.ce_loss)
 
@@ -111,10 +117,10 @@ def test_parts_are_detached_and_sum_to_loss(generator):
 def test_inplace_backward(generator):
     inputs = make_batch(4, 6, 3000, generator=generator)
     logits, values = inputs[0], inputs[2]
-    out = bcoder.bellman_loss(*inputs)
+    out = bcoder.bellman_loss(**inputs._asdict())
     expected_logits_grad, expected_values_grad = torch.autograd.grad(out.loss, (logits, values))
     buffer = logits.detach().clone().requires_grad_()
-    out = bcoder.bellman_loss(buffer, *inputs[1:], inplace_backward=True)
+    out = bcoder.bellman_loss(**inputs._replace(logits=buffer)._asdict(), inplace_backward=True)
     out.loss.backward()
     assert buffer.grad.data_ptr() == buffer.data_ptr()  # the gradient took the logits' memory
     torch.testing.assert_close(buffer.grad, expected_logits_grad, rtol=0, atol=0)
@@ -122,23 +128,22 @@ def test_inplace_backward(generator):
 
 
 def test_nan_propagates(generator):
-    logits, *rest = make_batch(3, 4, 50, lengths=[4, 4, 4], generator=generator)
+    inputs = make_batch(3, 4, 50, lengths=[4, 4, 4], generator=generator)
     with torch.no_grad():
-        logits[1, 2, 7] = float("nan")
-    assert bcoder.bellman_loss(logits, *rest).loss.isnan()
+        inputs.logits[1, 2, 7] = float("nan")
+    assert bcoder.bellman_loss(**inputs._asdict()).loss.isnan()
+    inputs = make_batch(3, 4, 50, lengths=[2, 4, 4], generator=generator)
     with torch.no_grad():  # NaN on padding is never read
-        logits[1, 2, 7] = 0.0
-    logits2, *rest2 = make_batch(3, 4, 50, lengths=[2, 4, 4], generator=generator)
-    with torch.no_grad():
-        logits2[0, 3] = float("nan")
-    assert bcoder.bellman_loss(logits2, *rest2).loss.isfinite()
+        inputs.logits[0, 3] = float("nan")
+    assert bcoder.bellman_loss(**inputs._asdict()).loss.isfinite()
 
 
 def test_token_rewards_match_reference(generator):
     logits, _, values, actions, mask, _, _ = make_batch(5, 7, 301, generator=generator)
     got = bcoder.token_rewards(logits, values, actions, mask)
-    want = reference.token_rewards(logits.double(), values.double(), actions, mask)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    same_dtype = reference.token_rewards(logits, values, actions, mask)
+    oracle = reference.token_rewards(logits.double(), values.double(), actions, mask)
+    assert_error_within_reference(got, same_dtype, oracle, torch.float32)
     assert (got[~mask] == 0).all()
 
 
@@ -146,7 +151,7 @@ def test_module_matches_function(generator):
     inputs = make_batch(3, 4, 33, generator=generator)
     module = bcoder.BellmanLoss(gamma=0.9, beta_adv=0.2, beta_ce=0.0, operator="optimality")
     torch.testing.assert_close(module(*inputs).loss,
-                               bcoder.bellman_loss(*inputs, gamma=0.9, beta_adv=0.2, beta_ce=0.0,
+                               bcoder.bellman_loss(**inputs._asdict(), gamma=0.9, beta_adv=0.2, beta_ce=0.0,
                                                    operator="optimality").loss)
     assert "optimality" in repr(module)
 
@@ -155,8 +160,8 @@ def test_torch_compile_fullgraph(generator):
     torch._dynamo.reset()
     inputs = make_batch(3, 5, 70, generator=generator)
     compiled = torch.compile(bcoder.bellman_loss, fullgraph=True, backend="aot_eager")
-    out = compiled(*inputs)
-    eager = bcoder.bellman_loss(*inputs)
+    out = compiled(**inputs._asdict())
+    eager = bcoder.bellman_loss(**inputs._asdict())
     torch.testing.assert_close(out.loss, eager.loss)
     got = torch.autograd.grad(out.loss, (inputs[0], inputs[2]))
     want = torch.autograd.grad(eager.loss, (inputs[0], inputs[2]))
@@ -199,16 +204,39 @@ def test_bad_input_is_a_value_error(name, generator):
     build, message = bad_input_cases()[name]
     inputs = make_batch(2, 3, 17, lengths=[3, 3], generator=generator)
     with pytest.raises(ValueError, match=message):
-        bcoder.bellman_loss(*build(inputs))
+        bcoder.bellman_loss(**loss_kwargs(build(inputs)))
 
 
 def test_bad_operator_and_backend(generator):
     inputs = make_batch(2, 3, 17, generator=generator)
-    with pytest.raises(ValueError, match="operator must be one of"):
-        bcoder.bellman_loss(*inputs, operator="greedy")
     with pytest.raises(ValueError, match="backend must be one of"):
-        bcoder.bellman_loss(*inputs, backend="fast")
-    with pytest.raises(ValueError, match="backend='cuda' runs on CUDA tensors"):
-        bcoder.bellman_loss(*inputs, backend="cuda")
-    with pytest.raises(ValueError, match="operator must be one of"):
-        bcoder.BellmanLoss(operator="greedy")
+        bcoder.bellman_loss(**inputs._asdict(), backend="fast")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        bcoder.BellmanLoss(backend="fast")
+    # Without the CUDA kernels (this CPU-only build) or on CPU tensors: a ValueError saying which.
+    with pytest.raises(ValueError, match="backend='cuda' (needs bcoder._C built with its CUDA kernels|runs on CUDA)"):
+        bcoder.bellman_loss(**inputs._asdict(), backend="cuda")
+
+
+def test_operator_is_checked_alike_everywhere(generator):
+    """Every function taking the operator rejects an unknown one with reference.check_operator's error."""
+    inputs = make_batch(2, 3, 17, generator=generator)
+    stats = {name: torch.zeros(2, 3) for name in ("row_max", "shifted_lse", "gathered", "target")}
+    rest = {"values": inputs.values, "mask": inputs.mask, "rewards": inputs.rewards,
+            "is_ground_truth": inputs.is_ground_truth}
+    calls = {
+        "bellman_loss": lambda: bcoder.bellman_loss(**inputs._asdict(), operator="greedy"),
+        "bellman_loss reference": lambda: bcoder.bellman_loss(**inputs._asdict(), operator="greedy",
+                                                              backend="reference"),
+        "BellmanLoss": lambda: bcoder.BellmanLoss(operator="greedy"),
+        "losses_from_stats": lambda: loss.losses_from_stats(**stats, **rest, operator="greedy"),
+        "reference.bellman_loss": lambda: reference.bellman_loss(**inputs._asdict(), operator="greedy"),
+        "reference.next_targets": lambda: reference.next_targets(inputs.logits, None, inputs.values, inputs.mask,
+                                                                 operator="greedy"),
+        "bellman_loss_from_hidden": lambda: fused_head.bellman_loss_from_hidden(
+            hidden=inputs.logits, lm_head_weight=torch.randn(5, 17), ckpt_hidden=None, ckpt_lm_head_weight=None,
+            actions=inputs.actions % 5, **rest, operator="greedy"),
+    }
+    for call in calls.values():
+        with pytest.raises(ValueError, match=r"operator must be one of \('conservative', 'optimality'\), got 'greedy'"):
+            call()

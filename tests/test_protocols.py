@@ -1,4 +1,5 @@
-"""The evaluation protocols of SPEC 8 against exact enumeration, and on a trained (smoke) run."""
+"""The evaluation protocols (docs/method.md#ranking-and-the-protocols) against exact enumeration, and on a
+trained (smoke) run."""
 import itertools
 import json
 import math
@@ -8,9 +9,11 @@ import sys
 
 import pytest
 
+from bcoder.data.loading import load_split
 from bcoder.data.problems import Problem
-from bcoder.evaluate import (PROTOCOLS, pass_at_k, protocol_pass_at_k, protocol_report, protocol_table,
-                             top_k_solved)
+from bcoder.protocols import (PROTOCOLS, pass_at_k, protocol_pass_at_k, protocol_report, protocol_table,
+                              top_k_solved)
+from bcoder.run import read_run_config
 from bcoder.sandbox import UnitTests
 from smoke_run import REPO, smoke_run_dir
 
@@ -110,26 +113,38 @@ def test_table_skips_a_k_larger_than_the_samples_and_groups_by_difficulty():
     assert report["by_difficulty"]["introductory"]["oracle"]["pass@1"] == 0.0
 
 
-def test_eval_stage_writes_every_protocol_and_the_returns_by_outcome(run_dir):
+def test_eval_stage_numbers_follow_from_its_samples(run_dir):
+    """eval.json's tables, recomputed by brute force from eval_samples.jsonl (the programs, their outcomes
+    on all tests and on the example tests, and their R~)."""
     report = json.loads((run_dir / "eval.json").read_text())
-    for policy in ("ckpt", "theta"):
-        for protocol in ("greedy", *PROTOCOLS):
-            assert 0 <= report[policy][protocol]["pass@1"] <= 1, (policy, protocol)
-        assert report[policy]["oracle"]["pass@1"] >= report[policy]["ranked"]["pass@1"]
-    assert set(report["mean_return_by_outcome"]) == {"passed", "failed", "runtime_error", "compile_error"}
     records = [json.loads(line) for line in (run_dir / "eval_samples.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 4 * 4  # policies x problems x samples
-    assert {"policy", "task_id", "program", "return", "outcome", "example_outcome"} <= set(records[0])
-    scored = [r["return"] for r in records if r["outcome"] == "compile_error"]
-    if scored:
-        assert report["mean_return_by_outcome"]["compile_error"] == pytest.approx(sum(scored) / len(scored))
+    m = report["settings"]["m"]
+    for policy in ("ckpt", "theta"):
+        by_task = {}
+        for r in records:
+            if r["policy"] == policy:
+                by_task.setdefault(r["task_id"], []).append(r)
+        assert len(by_task) == report[policy]["problems"] == 4
+        for protocol in PROTOCOLS:
+            values = []
+            for group in by_task.values():
+                scores = [r["return"] for r in group]
+                passed = [r["outcome"] == "passed" for r in group]
+                keep = {"unranked": [True] * len(group), "ranked": [True] * len(group), "oracle": passed,
+                        "filtered": [r["example_outcome"] in ("passed", "no_tests") for r in group]}[protocol]
+                subset = 1 if protocol == "unranked" else m       # unranked: pass@1 = c / n
+                values.append(enumerate_top_k(scores, passed, 1, subset, keep))
+            assert report[policy][protocol]["pass@1"] == pytest.approx(sum(values) / len(values)), (policy, protocol)
+    for outcome in ("passed", "failed", "runtime_error", "compile_error"):
+        returns = [r["return"] for r in records if r["outcome"] == outcome]
+        expected = sum(returns) / len(returns) if returns else None
+        assert report["mean_return_by_outcome"][outcome] == pytest.approx(expected), outcome
+        assert report["return_by_outcome"]["all"][outcome]["count"] == len(returns)
 
 
 def test_cli_judges_another_generators_programs(run_dir, tmp_path):
-    from bcoder.rank import read_run_config
-    from bcoder.train import load_problems
-
-    test = load_problems(read_run_config(run_dir))[1]
+    test = load_split(read_run_config(run_dir))[1]
     samples = tmp_path / "samples.jsonl"
     lines = []
     for problem in test[:2]:

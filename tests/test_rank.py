@@ -8,10 +8,11 @@ import torch
 
 from bcoder import token_rewards
 from bcoder.data.prompt import apps_prompt
-from bcoder.evaluate import protocol_pass_at_k
-from bcoder.rank import Scorer, read_run_config
+from bcoder.data.loading import load_split
+from bcoder.rank import Scorer
 from bcoder.reference import capped_value
-from bcoder.train import encode, load_problems
+from bcoder.run import read_run_config
+from bcoder.sampling import encode
 from smoke_run import REPO, smoke_run_dir
 
 
@@ -27,7 +28,7 @@ def scorer(run_dir):
 
 @pytest.fixture(scope="module")
 def problems(run_dir):
-    return load_problems(read_run_config(run_dir))[1]
+    return load_split(read_run_config(run_dir))[1]
 
 
 def test_return_is_the_sum_of_token_rewards_and_batching_changes_nothing(scorer, problems):
@@ -61,15 +62,24 @@ def test_token_rewards_are_q_minus_discounted_next_value():
     assert r[0].tolist() == pytest.approx(expected.tolist())
 
 
-def test_ranking_picks_the_highest_return_program(scorer, problems):
-    problem = problems[0]
-    programs = [problem.solutions[0], "def (", "print(", problem.solutions[-1] + "\n"]
-    scores = scorer.score([apps_prompt(problem)] * len(programs), programs)
-    best = max(range(len(programs)), key=lambda i: scores[i].ret)
-    group = [{"return": s.ret, "passed": i == best} for i, s in enumerate(scores)]
-    assert protocol_pass_at_k("ranked", group, 1) == 1.0
-    group = [{"return": s.ret, "passed": i != best} for i, s in enumerate(scores)]
-    assert protocol_pass_at_k("ranked", group, 1) == 0.0
+def test_r_tilde_ranks_the_references_above_their_mutations(scorer, run_dir):
+    """On the problems theta learnt (the run's training problems), every reference outranks the three
+    programs made from it by changing one token (a quarter, half and three quarters in): R~ holds the
+    policy's advantages, which are 0 along its own argmax path and negative off it."""
+    train = load_split(read_run_config(run_dir))[0]
+
+    def mutate(program, where):
+        ids = scorer.tokenizer(program).input_ids[:-1]
+        ids[len(ids) * where // 4] = (ids[len(ids) * where // 4] + 7) % len(scorer.tokenizer)
+        return scorer.tokenizer.decode(ids, skip_special_tokens=True)
+
+    pairs = [(p, s) for p in train for s in p.solutions]
+    prompts = [apps_prompt(p) for p, _ in pairs for _ in range(4)]
+    programs = [program for _, s in pairs for program in (s, mutate(s, 1), mutate(s, 2), mutate(s, 3))]
+    returns = [score.ret for score in scorer.score(prompts, programs)]
+    below = [(pairs[i // 4][1], returns[i:i + 4]) for i in range(0, len(returns), 4)
+             if not returns[i] > max(returns[i + 1:i + 4])]
+    assert len(pairs) >= 16 and below == []
 
 
 def test_scorer_needs_a_theta_model(run_dir):

@@ -1,4 +1,5 @@
 """bcoder.report: report.md and its figures from a (smoke) run; train writes them itself."""
+import json
 import subprocess
 import sys
 
@@ -17,14 +18,44 @@ def is_png(path):
     return path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
 
 
-def test_training_run_ends_with_the_report(run_dir):
+def table_rows(text, header):
+    """The body rows (lists of cells) of the Markdown table whose header line starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def percent(value):
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def test_report_tables_are_eval_json(run_dir):
+    """Every number of report.md's pass@k and R~ tables is the one eval.json holds."""
     text = (run_dir / "report.md").read_text()
-    for needle in ("| θ_ckpt | ranked |", "| θ (B-Coder) | oracle |", "| θ (B-Coder) | filtered |", "pass@1",
-                   "compile error", "![R~ by outcome](returns.png)", "![ranked vs m](ranked_vs_m.png)",
-                   "![training curves](curves.png)"):
-        assert needle in text, needle
+    report = json.loads((run_dir / "eval.json").read_text())
+    names = {"θ_ckpt": "ckpt", "θ (B-Coder)": "theta"}
+    rows = table_rows(text, "| model | protocol |")
+    assert len(rows) == 2 * 5                                  # two policies x greedy and four protocols
+    for name, protocol, at1, at5, n, m, temperature in rows:
+        table = report[names[name]][protocol]
+        assert (at1, at5) == (percent(table.get("pass@1")), percent(table.get("pass@5"))), (name, protocol)
+        if protocol != "greedy":
+            assert (int(n), float(temperature)) == (report["settings"]["n"], report["settings"]["temperature"])
+            assert m == ("–" if protocol == "unranked" else str(report["settings"]["m"]))
+    rows = table_rows(text, "| programs |")
+    assert [row[0] for row in rows] == ["all", "ckpt", "theta"]
+    for group, *cells, _ in rows:
+        for outcome, cell in zip(("passed", "failed", "runtime_error", "compile_error"), cells):
+            stats = report["return_by_outcome"][group][outcome]
+            mean = "–" if stats["mean"] is None else f"{stats['mean']:.2f}"
+            assert cell == f"{mean} (n={stats['count']})", (group, outcome)
     for name in ("curves.png", "returns.png", "ranked_vs_m.png"):
-        assert is_png(run_dir / name), name
+        assert is_png(run_dir / name) and f"]({name})" in text, name
 
 
 def test_cli_overlays_ablation_curves(run_dir, tmp_path):

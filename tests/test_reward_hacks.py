@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bcoder.data.loading import load_problems_file
 from bcoder.data.problems import default_data_dir
 from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
 
@@ -382,9 +383,7 @@ needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(), reason=f"dat
 def test_the_cheats_fail_through_the_evaluate_cli(tmp_path, fmt, problems, task_id, entry_point, cheats):
     """The cheats on real problems, as a new user meets them: `python -m bcoder.evaluate`. Each fools the
     in-process harness on that problem's own tests."""
-    from bcoder.evaluate import LOADERS
-
-    problem = {p.task_id: p for p in LOADERS[fmt](DATA / problems)}[task_id]
+    problem = load_problems_file(DATA / problems, fmt)[task_id]
     programs = [problem.program("") + source.replace("square", entry_point) for source in cheats] \
         if fmt == "humaneval" else [source.replace("square", entry_point) for source in cheats]
     for program in programs:

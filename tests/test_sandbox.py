@@ -185,7 +185,7 @@ def test_programs_never_see_the_evaluators_heavy_modules():
               "program = 'import sys\\ndef heavy(): return sorted(m for m in (\"torch\", \"numpy\") if m in sys.modules)'\n"
               "[r] = run_programs([program], UnitTests([ValueTest('heavy()', [])]), workers=1)\n"
               "print(r.outcome)")
-    light = "import sys, bcoder.sandbox, bcoder.data.apps, bcoder.evaluate\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    light = "import sys, bcoder.sandbox, bcoder.data.loading\nprint(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     repo = str(Path(__file__).resolve().parents[1])
     run = subprocess.run
     assert run([sys.executable, "-c", light], capture_output=True, text=True, cwd=repo).stdout == "[]\n"

@@ -14,7 +14,10 @@ from transformers import AutoTokenizer
 
 import bcoder
 from bcoder.model import QModel, QModelConfig, program_mask
-from bcoder.train import PRESETS, encode, load_problems, main, prompts_of
+from bcoder.data.loading import load_split
+from bcoder.run import PRESETS
+from bcoder.sampling import encode, prompts_of
+from bcoder.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +41,13 @@ def test_smoke_run_writes_every_artifact(smoke_run):
                  "metrics.jsonl", "eval.json"):
         assert (smoke_run / name).exists(), name
     report = json.loads((smoke_run / "eval.json").read_text())
-    for policy in ("ckpt", "theta"):
-        assert 0 <= report[policy]["unranked"]["pass@1"] <= 1
+    samples = [json.loads(line) for line in (smoke_run / "eval_samples.jsonl").read_text().splitlines()]
+    for policy in ("ckpt", "theta"):   # unranked pass@1: the fraction of each problem's samples that pass
+        mine = [r for r in samples if r["policy"] == policy]
+        tasks = {r["task_id"] for r in mine}
+        expected = sum(sum(r["outcome"] == "passed" for r in mine if r["task_id"] == t) /
+                       sum(r["task_id"] == t for r in mine) for t in tasks) / len(tasks)
+        assert report[policy]["unranked"]["pass@1"] == pytest.approx(expected)
     metrics = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     stages = {m["stage"] for m in metrics}
     assert {"sft", "sample", "phi", "theta", "eval"} <= stages
@@ -86,7 +94,7 @@ def test_killed_theta_stage_resumes_to_identical_weights(smoke_run, tmp_path):
 def test_training_step_gradients_match_the_reference_loss(smoke_run):
     config = PRESETS["smoke"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
-    train_problems, _ = load_problems(config)
+    train_problems, _ = load_split(config)
     problems = train_problems[:4]
     prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
     programs, mask = encode(tokenizer, [p.solutions[0] for p in problems], config.max_program_tokens)
@@ -113,7 +121,7 @@ def test_phi_stage_lowers_td_error_on_fixed_data(smoke_run):
     # out of reach of a value capped at R_max).
     config = PRESETS["smoke"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
-    problems = load_problems(config)[0][:8]
+    problems = load_split(config)[0][:8]
     prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
     torch.manual_seed(0)
     model = QModel.from_checkpoint(smoke_run / "ckpt", QModelConfig(stage="phi"))

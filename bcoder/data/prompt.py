@@ -1,4 +1,4 @@
-"""The prompt a model sees for a problem (SPEC section 7)."""
+"""The prompt a model sees for a problem (docs/method.md#prompt-format)."""
 
 
 def apps_prompt(problem):

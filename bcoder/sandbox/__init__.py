@@ -11,7 +11,7 @@ API
 
 `run_programs(programs, tests, *, timeout=10.0, workers=None, progress=None, **limits)`
 returns one `ProgramResult` per program, in input order: `outcome` (passed +1.0, failed -0.3,
-runtime_error -0.6, compile_error -1.0; docs/method.md), `reward`, `tests` (one `TestResult`
+runtime_error -0.6, compile_error -1.0; docs/method.md#rewards), `reward`, `tests` (one `TestResult`
 per case: passed, failed, error, timeout, not_run), `error_type`, `message` (truncated),
 `seconds`, `peak_memory`, `stdout`/`stderr` (capped). `tests` is one `UnitTests` per program
 or one shared by all; `limits` are the other `SandboxConfig` fields. For many calls, keep

@@ -54,6 +54,9 @@ def isolate(paths):
     check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     root = new_directory(ROOT_PREFIX, 0o755)
     _mount_tmpfs(root, b"size=16m,mode=0755")
+    for path in SCRATCH_DIRS:          # first: an interpreter under /tmp is bound on top of them
+        os.makedirs(root + path, mode=0o755, exist_ok=True)
+        _mount_tmpfs(root + path, b"size=256m,mode=1777")
     for path in paths:
         inside = root + path
         if os.path.islink(path) and os.path.dirname(path) == "/":     # /bin -> usr/bin
@@ -64,16 +67,23 @@ def isolate(paths):
             check(libc.mount(real, inside.encode(), None, MS_BIND | MS_REC, None), f"bind {path}")
             check(libc.mount(None, inside.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None),
                   f"remount {path} read-only")
-    os.makedirs(root + "/dev", mode=0o755)
     for device in DEVICES:
         open(f"{root}/dev/{device}", "w").close()
         check(libc.mount(f"/dev/{device}".encode(), f"{root}/dev/{device}".encode(), None, MS_BIND, None),
               f"bind /dev/{device}")
-    for path in SCRATCH_DIRS:
-        os.makedirs(root + path, mode=0o1777, exist_ok=True)
-        _mount_tmpfs(root + path, b"size=256m,mode=1777")
     os.makedirs(root + WORK_DIR, mode=0o711)
     return root
+
+
+def kept_in_scratch(paths):
+    """{scratch directory: names in it that lead to one of `paths`}: what emptying it must keep (an
+    interpreter installed under /tmp)."""
+    kept = {}
+    for scratch in SCRATCH_DIRS:
+        for path in paths:
+            if path.startswith(scratch + "/"):
+                kept.setdefault(scratch, set()).add(path[len(scratch) + 1:].split("/")[0])
+    return kept
 
 
 def unshare_ipc():

@@ -15,6 +15,8 @@ import warnings
 from collections import deque
 from pathlib import Path
 
+from tqdm import tqdm
+
 from bcoder.sandbox import messages
 from bcoder.sandbox.judge import apps_output_matches
 from bcoder.sandbox.schema import (AssertTest, ProgramResult, SandboxConfig, StdioTest, TestResult,
@@ -180,7 +182,7 @@ class Sandbox:
             if not suite.cases:
                 raise ValueError(f"program {i}: its UnitTests has no test cases (no program passes no tests)")
             if id(suite) not in specs and not isinstance(suite.cases[0], StdioTest):
-                spec = judge_spec(suite)
+                spec = judge_request(suite)
                 specs[id(suite)] = {"names": spec["names"],
                                     "encoded": json.dumps(dict(spec, timeout=self.config.timeout)).encode()}
         results = [None] * len(programs)
@@ -242,7 +244,6 @@ class Sandbox:
             progress = total >= PROGRESS_THRESHOLD
         if not progress:
             return _NoProgress()
-        from tqdm import tqdm            # only the evaluator's process ever shows a bar
         return tqdm(total=total, desc="sandbox", unit="program")
 
     def close(self):
@@ -294,7 +295,7 @@ def _parse(code):
         return ast.Module(body=[], type_ignores=[])
 
 
-def judge_spec(suite):
+def judge_request(suite):
     """The tests of a call run as the judge reads them (judge.py)."""
     cases = []
     for case in suite.cases:
@@ -330,10 +331,10 @@ def program_result(suite, reports, verdicts):
         if last["status"] in ("compile_error", "program_error"):
             result.outcome = "compile_error" if last["status"] == "compile_error" else "runtime_error"
             result.error_type, result.message = last["error_type"], last["message"]
-        result.tests = [_judge_stdio(case, reports[i]) if i < len(reports) else TestResult("not_run")
+        result.tests = [_stdio_test_result(case, reports[i]) if i < len(reports) else TestResult("not_run")
                         for i, case in enumerate(suite.cases)]
     else:
-        result.tests = _judge_calls(suite, last, verdicts, result)
+        result.tests = _call_test_results(suite, last, verdicts, result)
     if result.outcome == "passed":
         statuses = [test.status for test in result.tests]
         for status, outcome in (("error", "runtime_error"), ("timeout", "runtime_error"),
@@ -345,7 +346,7 @@ def program_result(suite, reports, verdicts):
     return result
 
 
-def _judge_calls(suite, report, verdicts, result):
+def _call_test_results(suite, report, verdicts, result):
     """TestResults of a call run from the judge's verdicts; the first test without one gets how the
     run ended (timeout, crash), the rest are not run."""
     tests = {}
@@ -377,7 +378,7 @@ def _run_failure(report):
     return TestResult("error", "ProgramExited", "the program's process ended before the tests finished")
 
 
-def _judge_stdio(case, report):
+def _stdio_test_result(case, report):
     if report["status"] != "ok":
         if report["status"] == "timeout":
             return TestResult("timeout", report["error_type"], report["message"])

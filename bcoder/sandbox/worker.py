@@ -35,7 +35,7 @@ import time
 
 from bcoder.sandbox import messages, program
 from bcoder.sandbox.isolation import (PR_SET_CHILD_SUBREAPER, ROOT_PREFIX, SCRATCH_DIRS, WORK_DIR, become, interpreter_paths,
-                                      isolate, new_directory, not_dumpable, prctl,
+                                      isolate, kept_in_scratch, new_directory, not_dumpable, prctl,
                                       unshare_ipc)
 
 # Imported once here so that programs do not pay for them after each fork: the small modules
@@ -66,7 +66,9 @@ class Worker:
         os.close(devnull)
         not_dumpable()                    # a program running as this user cannot read this process
         sys.path += config["site_packages"]
-        self.root = isolate(interpreter_paths(config["site_packages"])) if self.uid is not None else None
+        paths = interpreter_paths(config["site_packages"])
+        self.root = isolate(paths) if self.uid is not None else None
+        self.kept = kept_in_scratch(paths)
         prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(PR_SET_CHILD_SUBREAPER)")
         self.kill_leftovers()             # of a previous worker in this slot
         if self.root:
@@ -278,7 +280,7 @@ class Worker:
         remove(workdir)
         if self.root:                     # the scratch directories: whatever the program left
             for path in SCRATCH_DIRS:
-                for entry in os.listdir(self.root + path):
+                for entry in set(os.listdir(self.root + path)) - self.kept.get(path, set()):
                     remove(os.path.join(self.root + path, entry))
 
 
