@@ -196,14 +196,21 @@ def full_state(model, optimizer, sharded):
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
 
-def save_pretrained_on_main(model, directory, build):
-    """model.save_pretrained(directory) by rank 0. Under FSDP every rank gathers the full state to
-    rank 0 first, which loads it into a fresh unsharded model from build() and saves that."""
+def unsharded_on_main(model, build):
+    """The model whole on rank 0 (None on the others): itself, or under FSDP a fresh model from build()
+    with the full state that every rank gathers to rank 0 (all ranks call this)."""
     if fsdp_units(model):
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if is_main():
-            model = build()
-            model.load_state_dict(state)
-    if is_main():
+        if not is_main():
+            return None
+        model = build().to(device())
+        model.load_state_dict(state)
+    return model if is_main() else None
+
+
+def save_pretrained_on_main(model, directory, build):
+    """model.save_pretrained(directory) by rank 0, the full model also under FSDP (unsharded_on_main)."""
+    model = unsharded_on_main(model, build)
+    if model is not None:
         model.save_pretrained(directory)
     barrier()

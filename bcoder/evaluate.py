@@ -34,11 +34,10 @@ from tqdm import tqdm
 from bcoder import distributed as dist
 from bcoder.data.loading import LOADERS, load_problems_file, load_split, problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
-from bcoder.data.prompt import apps_prompt
 from bcoder.protocols import OUTCOMES, PROTOCOLS, outcome_returns, pass_at_k, protocol_report
 from bcoder.rank import Scorer
-from bcoder.run import EVAL_FILE, read_run_config
-from bcoder.sampling import generate, sample_pool
+from bcoder.run import EVAL_FILE, TrainingError, read_run_config
+from bcoder.sampling import fit_prompts, generate, sample_pool
 from bcoder.sandbox import REWARDS, run_programs
 
 EVAL_CHUNK = 16  # held-out problems per sampling call and seed in evaluate_run
@@ -95,11 +94,13 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
     by_id = {p.task_id: p for p in problems}
     scorer = Scorer.from_run(run_dir, config)
     scorer.model.to(dist.device())
+    prompts, prompts_cut = fit_prompts(scorer.tokenizer, problems, config.max_prompt_tokens, config.mbpp_instruction)
     m = config.rank_m or None
     settings = {"n": config.eval_samples, "m": min(m or config.eval_samples, config.eval_samples),
                 "temperature": config.eval_temperature, "top_p": config.top_p, "ks": list(config.eval_ks),
-                "reward_model": "theta", "problems": len(problems)}
-    records, greedy = [], {}
+                "reward_model": "theta", "problems": len(problems), "prompts_cut": prompts_cut,
+                "max_new_tokens": config.max_new_tokens}
+    records, greedy, capped = [], {}, {}
     if samples is None:
         pools = [("main", config.eval_samples, config.eval_temperature)]
         if config.filter_samples > 0 and {"filtered", "oracle"} & set(protocols):
@@ -108,19 +109,21 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
                                   "temperature": config.filter_temperature}
         for index, policy in enumerate(policies):
             policy_model = scorer.model.policy_model(policy)
-            greedy[policy] = []
+            greedy[policy], capped[policy] = [], [0, 0]     # programs that stopped at max_new_tokens, of all
             # Chunks of EVAL_CHUNK problems, each with its own seed: the same programs however many
             # processes share them (rank r takes chunks r, r + N, ...; bcoder.distributed).
             for start in tqdm(dist.shard(range(0, len(problems), EVAL_CHUNK)), desc=f"eval {policy}", unit="chunk",
                               file=sys.stderr, disable=not dist.is_main()):
                 torch.manual_seed(hash((config.seed, index, start)) % 2**31)
                 chunk = problems[start:start + EVAL_CHUNK]
-                greedy[policy] += zip(range(start, start + len(chunk)),
-                                      generate(policy_model, scorer.tokenizer, chunk, samples=1, temperature=0,
-                                               config=config))
+                programs, stopped = generate(policy_model, scorer.tokenizer, prompts[start:start + EVAL_CHUNK],
+                                             samples=1, temperature=0, config=config)
+                greedy[policy] += zip(range(start, start + len(chunk)), programs)
+                capped[policy] = [capped[policy][0] + sum(stopped), capped[policy][1] + len(stopped)]
                 for pool, size, temperature in pools:
-                    programs = sample_pool(policy_model, scorer.tokenizer, chunk, size=size, temperature=temperature,
-                                           config=config)
+                    programs, stopped = sample_pool(policy_model, scorer.tokenizer, prompts[start:start + EVAL_CHUNK],
+                                                    size=size, temperature=temperature, config=config)
+                    capped[policy] = [capped[policy][0] + sum(stopped), capped[policy][1] + len(stopped)]
                     owners = [p for p in chunk for _ in range(size)]
                     records += [{"policy": policy, "pool": pool, "task_id": p.task_id, "program": program}
                                 for p, program in zip(owners, programs)]
@@ -154,7 +157,8 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
             [program for _, program in pairs], [problems[i].tests for i, _ in pairs])))
                            for policy, pairs in greedy.items()}
     keys = list(dict.fromkeys((r["task_id"], r["program"]) for r in records))
-    scores = dict(zip(keys, scorer.score([apps_prompt(by_id[t]) for t, _ in keys], [p for _, p in keys])))
+    prompt_of = dict(zip(by_id, prompts))
+    scores = dict(zip(keys, scorer.score([prompt_of[t] for t, _ in keys], [p for _, p in keys])))
     for r in records:
         r["return"] = scores[(r["task_id"], r["program"])].ret
         r["passed"] = r["outcome"] == "passed"
@@ -162,14 +166,18 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
             r["example_passed"] = r["example_outcome"] in ("passed", "no_tests")
         r["difficulty"] = getattr(by_id[r["task_id"]], "difficulty", "")
     # Rank 0 gathers every rank's records (in one process's order) and alone writes the report.
-    gathered = dist.gather((records, greedy_outcomes))
+    gathered = dist.gather((records, greedy_outcomes, capped))
     if not dist.is_main():
         return dist.broadcast(None)
-    records = sorted((r for part, _ in gathered for r in part), key=lambda r: r.pop("_order"))
-    greedy_outcomes = {policy: [r.outcome for _, r in sorted((pair for _, outcomes in gathered
+    records = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r.pop("_order"))
+    greedy_outcomes = {policy: [r.outcome for _, r in sorted((pair for _, outcomes, _ in gathered
                                                               for pair in outcomes.get(policy, ())),
                                                              key=lambda pair: pair[0])]
                        for policy in greedy_outcomes}
+    if capped:
+        settings["programs_capped"] = {policy: {"capped": sum(part[policy][0] for _, _, part in gathered),
+                                                "programs": sum(part[policy][1] for _, _, part in gathered)}
+                                       for policy in capped}
 
     report = {"policies": list(policies), "settings": settings}
     for policy in policies:
@@ -220,7 +228,7 @@ def run_main(args):
                 problems = [p for p in by_id.values() if p.task_id in wanted]
         report = evaluate_run(args.run, config, protocols=protocols, samples=samples, problems=problems, out=args.out,
                               workers=args.workers)
-    except (DataError, ValueError, OSError) as error:
+    except (DataError, TrainingError, ValueError, OSError) as error:
         sys.exit(f"error: {error}")
     print(json.dumps(report, indent=2))
 

@@ -51,7 +51,7 @@ def bellman_loss_from_hidden(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_w
                              rewards, is_ground_truth, gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5,
                              r_max=1.0, operator="conservative", backend="auto", chunk_rows=None):
     """`bellman_loss(hidden @ lm_head_weight.T, ckpt_hidden @ ckpt_lm_head_weight.T, ...)` without
-    materialising the logits; returns a BellmanLossOutput (loss, td_loss, adv_loss, ce_loss).
+    materialising the logits; returns a BellmanLossOutput (loss, td_loss, adv_loss, ce_loss, q).
 
     hidden [B, T, H]: the decoder's last hidden states, position t predicting actions[:, t].
     lm_head_weight [V, H], same dtype and device. ckpt_hidden [B, T, H] or None (take the target

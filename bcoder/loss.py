@@ -28,6 +28,7 @@ class BellmanLossOutput(NamedTuple):
     td_loss: torch.Tensor  # the parts, detached
     adv_loss: torch.Tensor
     ce_loss: torch.Tensor
+    q: torch.Tensor  # [B, T] Q(s_t, a_t) of the taken actions, detached, 0 on padding
 
 
 def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
@@ -52,7 +53,8 @@ def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_
     if backend == "reference":  # the oracle's own formula, differentiated by autograd
         parts = reference.bellman_loss(logits=logits, ckpt_logits=ckpt_logits, values=values, actions=actions,
                                        mask=mask, rewards=rewards, is_ground_truth=is_ground_truth, **hyper)
-        return BellmanLossOutput(parts[0], *(p.detach() for p in parts[1:]))
+        q = reference.q_values(logits, values, actions, alpha=alpha, r_max=r_max)
+        return BellmanLossOutput(parts[0], *(p.detach() for p in parts[1:]), torch.where(mask, q, 0.0).detach())
 
     batch, steps, vocab = logits.shape
     if operator == "optimality":
@@ -83,7 +85,8 @@ def losses_from_stats(row_max, shifted_lse, gathered, target, values, mask, rewa
     adv_loss = torch.where(gt_tokens, adv.abs(), 0.0).sum() / is_ground_truth.sum().clamp(min=1)
     ce_loss = torch.where(gt_tokens, shifted_lse - shifted_logit, 0.0).sum() / gt_tokens.sum().clamp(min=1)
     loss = td_loss + beta_adv * adv_loss + beta_ce * ce_loss
-    return BellmanLossOutput(loss, td_loss.detach(), adv_loss.detach(), ce_loss.detach())
+    return BellmanLossOutput(loss, td_loss.detach(), adv_loss.detach(), ce_loss.detach(),
+                             torch.where(mask, q, 0.0).detach())
 
 
 def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0, backend="auto"):

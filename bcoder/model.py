@@ -183,6 +183,17 @@ class QModel(nn.Module):
             parameter.requires_grad_(id(parameter) in trainable)
         return self.train(self.training)
 
+    def checkpoint_activations(self, enabled=True):
+        """Activation checkpointing in the decoder the current stage trains (phi's or theta's): its
+        layers' activations are recomputed in the backward instead of kept, which at CodeT5's shapes
+        is most of a step's memory once the fused LM head has removed the logits."""
+        decoder = self.phi_decoder if self.stage == "phi" else self.theta_decoder
+        if enabled:
+            decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            decoder.gradient_checkpointing_disable()
+        return self
+
     def trainable_parameters(self, stage=None):
         """The parameters `stage` (default: the current one) trains, each once (a tied LM head and
         embedding are one parameter): what to hand the optimizer."""
@@ -226,14 +237,21 @@ class QModel(nn.Module):
         config = self.ckpt.config
         return config.d_model ** -0.5 if getattr(config, "scale_decoder_outputs", config.tie_word_embeddings) else 1.0
 
-    def forward(self, prompt_ids, prompt_mask, programs, return_logits=True, return_hidden=False) -> QModelOutput:
+    def forward(self, prompt_ids, prompt_mask, programs, return_logits=True, return_hidden=False, head=None):
         """prompt_ids, prompt_mask [B, S]; programs [B, T] token ids a_0..a_T (right-padded, any pad).
+        Returns a QModelOutput, or head(output, self) when `head` is given.
 
         The decoders read the programs shifted right behind the decoder start token, so position t
         is s_t = (prompt, a_<t) and predicts a_t, the convention of bellman_loss. The encoder runs
         once and feeds every decoder. return_logits=False skips the [B, T, V] logits (for the fused
         LM-head loss, which takes return_hidden=True's hidden states and the LM-head weights).
+        `head` runs that loss inside forward, where a DDP or FSDP2 wrapper has the LM-head weights
+        in place (FSDP2 gathers a module's parameters only during its forward).
         """
+        output = self._outputs(prompt_ids, prompt_mask, programs, return_logits, return_hidden)
+        return output if head is None else head(output, self)
+
+    def _outputs(self, prompt_ids, prompt_mask, programs, return_logits, return_hidden) -> QModelOutput:
         if not (return_logits or return_hidden):
             raise ValueError("nothing to return: ask for return_logits and/or return_hidden")
         with torch.no_grad():

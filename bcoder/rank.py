@@ -26,11 +26,10 @@ import torch
 
 from bcoder.data.loading import problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
-from bcoder.data.prompt import apps_prompt
 from bcoder.loss import token_rewards
 from bcoder.model import QModel
-from bcoder.run import load_tokenizer, read_run_config
-from bcoder.sampling import encode
+from bcoder.run import TrainingError, load_tokenizer, read_run_config
+from bcoder.sampling import encode, fit_prompt
 
 
 @dataclass
@@ -77,8 +76,8 @@ class Scorer:
         scores = [None] * len(programs)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
-            prompt_ids, prompt_mask = encode(self.tokenizer, [prompts[i] for i in rows], self.max_prompt_tokens)
-            actions, mask = encode(self.tokenizer, [programs[i] for i in rows], self.max_program_tokens)
+            prompt_ids, prompt_mask, _ = encode(self.tokenizer, [prompts[i] for i in rows], self.max_prompt_tokens)
+            actions, mask, _ = encode(self.tokenizer, [programs[i] for i in rows], self.max_program_tokens)
             device = next(self.model.parameters()).device
             prompt_ids, prompt_mask, actions, mask = (t.to(device) for t in (prompt_ids, prompt_mask, actions, mask))
             out = self.model(prompt_ids, prompt_mask, actions)
@@ -107,9 +106,11 @@ def main(argv=None):
         samples = read_samples(args.samples, problems)
         records = [record for _, record in read_jsonl(args.samples)]
         scorer = Scorer.from_run(args.run, config, args.batch_size)
-    except (DataError, ValueError, OSError) as error:
+    except (DataError, TrainingError, ValueError, OSError) as error:
         sys.exit(f"bcoder.rank: {error}")
-    scores = scorer.score([apps_prompt(problems[t]) for t, _ in samples], [p for _, p in samples])
+    prompts = {t: fit_prompt(scorer.tokenizer, problems[t], config.max_prompt_tokens, config.mbpp_instruction)[0]
+               for t, _ in samples}
+    scores = scorer.score([prompts[t] for t, _ in samples], [p for _, p in samples])
     with open(args.out, "w", encoding="utf-8") as f:
         for record, (_, program), s in zip(records, samples, scores):
             f.write(json.dumps({**record, "program": program, "return": s.ret, "token_rewards": s.rewards,

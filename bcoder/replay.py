@@ -209,10 +209,13 @@ class MixedBatches:
 
     Batch `step` holds round(batch_size * rho_real) ground-truth programs, then generated
     ones for the rest (all of one kind if the other has none). Each kind is read as a
-    stream of epochs, each a fresh permutation of its rows seeded by (seed, kind, epoch), so
-    every row comes once per epoch; batch `step` is that stream's slice at `step`. A batch
-    is therefore a function of (seed, step, the rows with id <= max_id): a resumed run that
-    saved `max_id` and its step gets the same data, even after more programs were added.
+    stream of epochs, each a fresh permutation of its rows seeded by (seed, kind, epoch); a
+    generated program comes as many times per epoch as it was sampled (`times_sampled`: the
+    paper's D_train keeps every sample, repeats included), a ground truth once. Batch `step`
+    is that stream's slice at `step`. A batch
+    is therefore a function of (seed, step, the rows with id <= max_id and their sample counts):
+    a resumed run that saved `max_id` and its step gets the same data, even after other programs
+    were added.
     """
 
     def __init__(self, store, batch_size, rho_real, seed, problem_ids, max_id):
@@ -222,10 +225,11 @@ class MixedBatches:
         self.max_id = store._max_id() if max_id is None else max_id
         wanted = None if problem_ids is None else set(problem_ids)
         self.ids = {True: [], False: []}          # is_ground_truth -> row ids, ascending
-        for row_id, problem_id, is_ground_truth in store.db.execute(
-                "SELECT id, problem_id, is_ground_truth FROM programs WHERE id <= ? ORDER BY id", (self.max_id,)):
+        for row_id, problem_id, is_ground_truth, times_sampled in store.db.execute(
+                "SELECT id, problem_id, is_ground_truth, times_sampled FROM programs WHERE id <= ? ORDER BY id",
+                (self.max_id,)):
             if wanted is None or problem_id in wanted:
-                self.ids[bool(is_ground_truth)].append(row_id)
+                self.ids[bool(is_ground_truth)] += [row_id] * (1 if is_ground_truth else max(1, times_sampled))
         if not self.ids[True] and not self.ids[False]:
             raise ValueError("no programs to draw batches from")
         self._epochs = {}                          # (kind, epoch) -> permutation, the latest few

@@ -26,16 +26,23 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend, no glo
 from scipy.stats import gaussian_kde
 
 from bcoder.protocols import OUTCOMES, PROTOCOLS, protocol_table
-from bcoder.run import CONFIG_FILE, CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, METRICS_FILE, REPORT_FILE, STAGES
+from bcoder.data.loading import split_description
+from bcoder.run import CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, METRICS_FILE, REPORT_FILE, STAGES, read_run_config
 
 OUTCOME_LABELS = {"passed": "passed", "failed": "failed", "runtime_error": "runtime error",
                   "compile_error": "compile error"}
 OUTCOME_COLORS = {"passed": "tab:green", "failed": "tab:orange", "runtime_error": "tab:red",
                   "compile_error": "tab:gray"}
-# (stage, metric, panel title): the panels of curves.png
-CURVES = [("sft", "ce_loss", "sft: cross-entropy"), ("phi", "td_loss", "phi: L_V (TD loss)"),
-          ("theta", "td_loss", "theta: L_Q (TD loss)"), ("theta", "adv_loss", "theta: L_adv"),
-          ("theta", "ce_loss", "theta: L_ce"), ("theta", "mean_v_gt", "theta: mean V (gt solid, generated dashed)")]
+# (stage, metric, dashed: the same metric of another stage or a second metric, panel title): the panels of
+# curves.png; a panel is drawn only when some run logged its metric
+CURVES = [("sft", "ce_loss", None, "sft: cross-entropy"),
+          ("phi", "td_loss", None, "phi: L_V (TD loss)"),
+          ("theta", "td_loss", None, "theta: L_Q (TD loss)"),
+          ("theta", "adv_loss", None, "theta: L_adv"),
+          ("theta", "ce_loss", None, "theta: L_ce"),
+          ("theta", "mean_v_gt", ("theta", "mean_v_generated"), "theta: mean V (gt solid, generated dashed)"),
+          ("theta", "train_pass@1", ("phi", "train_pass@1"),
+           "greedy pass@1, training problems (theta; phi dashed)")]
 
 
 def read_log(path):
@@ -56,30 +63,55 @@ def read_metrics(run_dir):
 
 
 def plot_curves(runs, path):
-    """Training curves of one or more runs ({label: run_dir}) into one PNG; returns the path."""
-    fig = Figure(figsize=(14, 7.5))
-    axes = fig.subplots(2, 3)
-    for (label, run_dir), color in zip(runs.items(), rcParams["axes.prop_cycle"].by_key()["color"] * 4):
-        metrics = read_metrics(run_dir)
-        for ax, (stage, name, title) in zip(axes.flat, CURVES):
-            rows = [r for r in metrics.get(stage, []) if r.get(name) is not None]
-            if rows:
-                ax.plot([r["step"] for r in rows], [r[name] for r in rows], color=color, label=label)
-            if name == "mean_v_gt":
-                rows = [r for r in metrics.get(stage, []) if r.get("mean_v_generated") is not None]
-                if rows:
-                    ax.plot([r["step"] for r in rows], [r["mean_v_generated"] for r in rows], color=color,
-                            linestyle="--")
-    for ax, (_, _, title) in zip(axes.flat, CURVES):
+    """Training curves of one or more runs ({label: run_dir}) into one PNG, one panel per metric some run
+    logged; returns the path, or None when no run logged any."""
+    metrics = {label: read_metrics(run_dir) for label, run_dir in runs.items()}
+
+    def series(label, stage, name):
+        return curve_series(metrics[label], stage, name)
+
+    panels = curve_panels(metrics.values())
+    if not panels:
+        return None
+    rows = math.ceil(len(panels) / 3)
+    fig = Figure(figsize=(14, 3.75 * rows))
+    axes = list(fig.subplots(rows, 3, squeeze=False).flat)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"] * 4
+    for ax, (stage, name, dashed, title) in zip(axes, panels):
+        values = []
+        for label, color in zip(runs, colors):
+            for (steps, ys), style in ((series(label, stage, name), "-"),
+                                       (series(label, *dashed) if dashed else ([], []), "--")):
+                if steps:
+                    ax.plot(steps, ys, color=color, linestyle=style, marker="." if len(steps) < 3 else None,
+                            label=label if style == "-" else None)
+                    values += ys
+        if name == "train_pass@1":
+            ax.set_ylim(-0.02, 1.02)
+        elif values and max(values) == min(values):  # a constant: a visible band around it, not a degenerate axis
+            ax.set_ylim(values[0] - 0.5 - abs(values[0]) * 0.1, values[0] + 0.5 + abs(values[0]) * 0.1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if ax.lines and len(runs) > 1:
+        if len(runs) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     fig.suptitle("Training curves" + (" (with ablations)" if len(runs) > 1 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+def curve_series(metrics, stage, name):
+    """(steps, values) of one metric of a stage, from read_metrics' records."""
+    rows = [r for r in metrics.get(stage, []) if isinstance(r.get(name), (int, float))]
+    return [r["step"] for r in rows], [r[name] for r in rows]
+
+
+def curve_panels(runs_metrics):
+    """The CURVES panels some run logged the metric of (no empty panels)."""
+    return [panel for panel in CURVES if any(curve_series(metrics, *panel[:2])[0] for metrics in runs_metrics)]
 
 
 def write_curves(run_dir, ablations=None):
@@ -226,12 +258,16 @@ def outcome_table(report):
 
 
 def ordering_verdict(stats):
-    """Whether mean R~ is ordered passed > failed > runtime error > compile error over the outcomes seen."""
+    """Whether mean R~ is ordered passed > failed > runtime error > compile error, over the outcomes that
+    some program had (and which had none)."""
     seen = [(o, stats[o]["mean"]) for o in OUTCOMES if stats[o]["mean"] is not None]
     if len(seen) < 2:
         return "too few outcomes seen"
     broken = [f"{OUTCOME_LABELS[a]} ≤ {OUTCOME_LABELS[b]}" for (a, x), (b, y) in zip(seen, seen[1:]) if not x > y]
-    return "yes" if not broken else "no: " + ", ".join(broken)
+    verdict = "yes" if not broken else "no: " + ", ".join(broken)
+    missing = [OUTCOME_LABELS[o] for o in OUTCOMES if stats[o]["mean"] is None]
+    return verdict + (f" (only of {', '.join(OUTCOME_LABELS[o] for o, _ in seen)}: no {', '.join(missing)} programs)"
+                      if missing else "")
 
 
 def training_summary(run_dir):
@@ -241,7 +277,7 @@ def training_summary(run_dir):
              "|---|---|---|---|---|---|---|"]
     for stage in STAGES:
         rows = metrics.get(stage, [])
-        last = rows[-1] if rows else {}
+        last = next((r for r in reversed(rows) if "loss" in r), rows[-1] if rows else {})
         cell = lambda name: f"{last[name]:.4g}" if isinstance(last.get(name), (int, float)) else "–"
         if rows or stage in walls:
             lines.append(f"| {stage} | {last.get('step', '–')} | {cell('loss')} | {cell('td_loss')} | "
@@ -249,19 +285,57 @@ def training_summary(run_dir):
     return lines
 
 
+def run_description(run_dir, config):
+    """What the run is: its data and split, theta_ckpt, and the stages as they ran."""
+    metrics = read_metrics(run_dir)
+    ran = [r["stage"] for r in read_log(Path(run_dir) / METRICS_FILE) if "wall_seconds" in r]
+    done = []
+    for stage in STAGES:
+        if stage not in ran:
+            continue
+        last = max((r["step"] for r in metrics.get(stage, []) if "loss" in r), default=None)
+        done.append({"sft": f"sft ({last} steps)", "phi": f"phi ({last} steps)", "theta": f"theta ({last} steps)",
+                     "sample": f"sample ({config.samples_per_problem} programs per training problem)"}.get(stage, stage))
+    ckpt = f"`{config.model}` (given)" if config.model else f"trained here from scratch (sft, {config.sft_steps} steps)"
+    return [f"Problems: {split_description(config)}. θ_ckpt: {ckpt}. Stages run: {', '.join(done) or 'none'}. "
+            f"Operator {config.operator}, γ={config.gamma}, α={config.alpha}, β_adv={config.beta_adv}, "
+            f"β_ce={config.beta_ce}; programs up to {config.max_program_tokens} tokens (generated: "
+            f"{config.max_new_tokens}), prompts up to {config.max_prompt_tokens}.", ""]
+
+
+def length_table(run_dir, report):
+    """Prompts cut to max_prompt_tokens and programs cut or stopped at the cap, per stage."""
+    metrics = read_log(Path(run_dir) / METRICS_FILE)
+    lines = ["| stage | prompts cut | programs cut at the cap |", "|---|---|---|"]
+    for stage in ("sft", "sample", "phi", "theta"):
+        rows = [r for r in metrics if r.get("stage") == stage]
+        prompts = next((r["prompts_cut"] for r in rows if "prompts_cut" in r), None)
+        if stage == "sample":
+            last = next((r for r in reversed(rows) if "programs_capped" in r), None)
+            programs = f"{last['programs_capped']} of {last['programs']} generated" if last else None
+        else:
+            batches = [r for r in rows if "programs_cut" in r]
+            programs = (f"{sum(r['programs_cut'] for r in batches)} in {len(batches)} logged batches"
+                        if batches else None)
+        if prompts is not None or programs is not None:
+            lines.append(f"| {stage} | {'–' if prompts is None else prompts} | {programs or '–'} |")
+    if report is not None:
+        settings = report.get("settings", {})
+        capped = settings.get("programs_capped", {})
+        cells = "; ".join(f"{policy}: {c['capped']} of {c['programs']} generated" for policy, c in capped.items())
+        lines.append(f"| eval | {settings.get('prompts_cut', '–')} | {cells or '–'} |")
+    return lines if len(lines) > 2 else []
+
+
 def write_report(run_dir, ablations=None):
     """RUN_DIR/report.md and its figures (see the module docstring); returns the report's path."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).exists() else {}
+    config = read_run_config(run_dir)
     report = json.loads((run_dir / EVAL_FILE).read_text()) if (run_dir / EVAL_FILE).exists() else None
     records = [r for r in read_log(run_dir / EVAL_SAMPLES_FILE) if "return" in r]
-    ks = tuple(config.get("eval_ks", (1, 5)))
-    write_curves(run_dir, ablations)
-    lines = [f"# B-Coder run report: `{run_dir}`", "",
-             f"Data `{config.get('data', '?')}` ({config.get('n_test', '?')} held-out problems in the tiny set), "
-             f"θ_ckpt from {'`' + config['model'] + '`' if config.get('model') else 'sft'}; "
-             f"sft {config.get('sft_steps')} / phi {config.get('phi_steps')} / theta {config.get('theta_steps')} steps, "
-             f"operator {config.get('operator')}, γ={config.get('gamma')}, α={config.get('alpha')}.", ""]
+    ks = tuple(config.eval_ks)
+    curves = write_curves(run_dir, ablations)
+    lines = [f"# B-Coder run report: `{run_dir}`", "", *run_description(run_dir, config)]
     if report is None:
         lines += ["No eval.json: run the eval stage (`python -m bcoder.train --out RUN_DIR --resume --stage eval`)."]
     else:
@@ -287,8 +361,15 @@ def write_report(run_dir, ablations=None):
         lines += ["## Figures", "", "Density of R~ per outcome (paper Figure 3):", "", "![R~ by outcome](returns.png)",
                   "", "Ranked pass@k against m (paper Figure 5; dotted: unranked):", "",
                   "![ranked vs m](ranked_vs_m.png)", "", *rows, ""]
-    lines += ["Training curves (paper Figure 1" + (", with " + ", ".join(ablations) if ablations else "") + "):", "",
-              "![training curves](curves.png)", "", "## Training", "", *training_summary(run_dir), ""]
+    if curves:
+        lines += ["Training curves (paper Figure 1: greedy pass@1 on a fixed subset of the training problems, during "
+                  "theta, and of theta_ckpt during phi, dashed" + (", with " + ", ".join(ablations) if ablations else "")
+                  + "):",
+                  "", "![training curves](curves.png)", ""]
+    lengths = length_table(run_dir, report)
+    lines += ["## Training", "", *training_summary(run_dir), "",
+              *(["Lengths: prompts cut (their question) to fit, programs cut at the cap (training) or stopped "
+                 "there without ending (generated):", "", *lengths, ""] if lengths else [])]
     path = run_dir / REPORT_FILE
     path.write_text("\n".join(lines))
     return path

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoTokenizer
 
 from bcoder import distributed as dist
+from bcoder.data.prompt import MBPP_INSTRUCTION
 from bcoder.model import load_t5_checkpoint
 
 STAGES = ("sft", "sample", "phi", "theta", "eval")
@@ -29,7 +30,11 @@ CKPT_DIR, STATE_DIR = "ckpt", "state"
 
 @dataclass
 class TrainConfig:
-    data: str = "tiny"                # "tiny" | "mbpp:PATH" | "apps:PATH"
+    data: str = "tiny"                # training problems: "tiny" | "mbpp:PATH" | "apps:PATH"
+    eval_data: str = ""               # held-out problems: "mbpp:PATH" (its test tasks, ids 11-510) | "apps:PATH"
+                                      # (every problem there: APPS's test split); "" = from --data (tiny: its
+                                      # test set; MBPP: the test tasks; APPS: an id-sorted fifth, not the paper's)
+    mbpp_instruction: str = MBPP_INSTRUCTION  # the MBPP prompt around "{question}" (WizardCoder's format)
     model: str = ""                   # a T5 checkpoint directory (with its tokenizer) instead of sft
     replay: str = ""                  # an existing replay database to start from (skips sampling)
     seed: int = 0
@@ -70,6 +75,9 @@ class TrainConfig:
     init_value_from_phi: bool = True  # False: theta-stage without phi and the residual head (Figure 1's
                                       # "without initialization" ablation)
     loss_backend: str = "auto"
+    loss_path: str = "fused"          # "fused": bellman_loss_from_hidden, no [B, T, V] logits; "logits": logits,
+                                      # then bellman_loss (for comparison)
+    gradient_checkpointing: bool = False  # recompute the trained decoder's activations in the backward
     # eval (docs/method.md#ranking-and-the-protocols; bcoder.evaluate.evaluate_run): a pool of eval_samples
     # programs per held-out problem and policy at eval_temperature, all scored by R~ under theta and run
     # against all the tests (and the example tests alone, for filtered)
@@ -80,17 +88,29 @@ class TrainConfig:
                                       # m < pool: exact average over the pool's m-subsets
     filter_samples: int = 0           # > 0: filtered and oracle use a second pool of this size...
     filter_temperature: float = 0.4   # ...sampled at this temperature (paper: m=1000, temperature 0.4)
-    max_new_tokens: int = 96
+    max_new_tokens: int = 512         # the program cap, for training samples and evaluation alike
+    curve_every: int = 0              # > 0: every this many phi/theta steps, greedy pass@1 on curve_problems
+    curve_problems: int = 32          # training problems (a fixed, seeded subset): the pass@1 curve of Figure 1
     log_every: int = 10
     checkpoint_every: int = 50
 
 
 PRESETS = {
-    "tiny": TrainConfig(),
+    "tiny": TrainConfig(max_new_tokens=96, curve_every=25),
     "smoke": TrainConfig(n_train=24, n_test=8, d_model=32, d_ff=64, heads=2, sft_steps=30, sft_batch=16,
                          samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6, theta_batch=8,
-                         eval_samples=2, max_new_tokens=48, log_every=2, checkpoint_every=2),
+                         eval_samples=2, max_new_tokens=48, curve_every=3, curve_problems=4, log_every=2,
+                         checkpoint_every=2),
+    # The paper's App. H, for a downloaded CodeT5 / CodeRL checkpoint (--model) on APPS or MBPP (--data,
+    # --eval-data): phi at a constant 1e-5 for 18k steps of 256, theta at a peak 3e-5 decaying linearly over
+    # 10k steps of 128, 256 samples per problem, 600/512 tokens; evaluated at temperature 0.6 with m = 256.
+    "paper": TrainConfig(data="", samples_per_problem=256, sandbox_timeout=4.0,
+                         phi_steps=18000, phi_batch=256, phi_lr=1e-5, theta_steps=10000, theta_batch=128,
+                         theta_lr=3e-5, weight_decay=0.05, rho_real=0.5, alpha=1.0, beta_adv=0.1, beta_ce=0.5,
+                         max_prompt_tokens=600, max_program_tokens=512, max_new_tokens=512, eval_samples=256,
+                         rank_m=256, eval_temperature=0.6, curve_every=500, log_every=50, checkpoint_every=500),
 }
+NEEDS = {"paper": ("model", "data")}   # what a preset leaves to the command line
 
 
 class TrainingError(RuntimeError):
@@ -153,15 +173,16 @@ def open_run(out, config, resume, overwrite):
             raise TrainingError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
         elif (out / CONFIG_FILE).exists():
             saved = json.loads((out / CONFIG_FILE).read_text())
-            changed = {k: (saved.get(k), v) for k, v in _jsonable(config).items() if saved.get(k) != v}
+            changed = {k: (saved.get(k), v) for k, v in config_dict(config).items() if saved.get(k) != v}
             if changed:
                 raise TrainingError(f"--resume with a different config than {out / CONFIG_FILE}: {changed}")
     run = Run(out, config)
-    (out / CONFIG_FILE).write_text(json.dumps(_jsonable(config), indent=2) + "\n")
+    (out / CONFIG_FILE).write_text(json.dumps(config_dict(config), indent=2) + "\n")
     return run
 
 
-def _jsonable(config):
+def config_dict(config):
+    """The config as JSON-able plain data (config.json's content)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
@@ -192,6 +213,8 @@ def load_ckpt(run_dir, config):
 def load_tokenizer(run_dir, config):
     """theta_ckpt's tokenizer; TrainingError when its directory has none."""
     directory = ckpt_dir(run_dir, config)
+    if not directory.is_dir():
+        raise TrainingError(f"{directory}: the checkpoint directory (--model, or the run's ckpt/) does not exist")
     try:
         return AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as error:

@@ -1,39 +1,69 @@
-"""Sampling programs from a policy: prompts encoded as the models see them, and generation.
+"""Sampling programs from a policy: prompts fitted and encoded as the models see them, and generation.
 
-The prompt of a problem is bcoder.data.prompt.apps_prompt's (question, starter code, format line,
-"ANSWER:"), cut at max_prompt_tokens; programs are cut at max_program_tokens, as in training.
+A problem's prompt (bcoder.data.prompt) is fitted to max_prompt_tokens by cutting its question,
+never the tail that asks for the answer; programs are cut at max_program_tokens, as in training.
+Both cuts are counted (Encoded.cut, fit_prompts' count), as are generated programs that stopped
+at max_new_tokens without ending (generate's `capped`): the run logs them per stage.
 """
+from typing import NamedTuple
+
 import torch
 
-from bcoder.data.prompt import apps_prompt
+from bcoder.data.prompt import MBPP_INSTRUCTION, prompt_parts
+
+
+class Encoded(NamedTuple):
+    ids: torch.Tensor     # [B, L] right-padded token ids
+    mask: torch.Tensor    # [B, L] bool
+    cut: int              # sequences longer than the cap, cut to it
 
 
 def encode(tokenizer, texts, max_tokens):
-    """(ids, mask) of right-padded token sequences, each cut at max_tokens (EOS kept last)."""
-    rows = []
+    """Encoded (ids, mask, cut) of right-padded token sequences, each cut at max_tokens (EOS kept last)."""
+    rows, cut = [], 0
     for text in texts:
         ids = tokenizer(text).input_ids
         if len(ids) > max_tokens:
-            ids = ids[:max_tokens - 1] + [tokenizer.eos_token_id]
+            ids, cut = ids[:max_tokens - 1] + [tokenizer.eos_token_id], cut + 1
         rows.append(ids)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, :len(row)] = torch.tensor(row)
     mask = torch.arange(width) < torch.tensor([len(r) for r in rows]).unsqueeze(1)
-    return ids, mask
+    return Encoded(ids, mask, cut)
 
 
-def prompts_of(problems):
-    return [apps_prompt(p) for p in problems]
+def fit_prompt(tokenizer, problem, max_tokens, mbpp_instruction=MBPP_INSTRUCTION):
+    """(prompt text, whether its question was cut): the problem's prompt in at most max_tokens tokens
+    (EOS included), its question cut at a token boundary when the whole does not fit."""
+    head, question, tail = prompt_parts(problem, mbpp_instruction)
+    text = head + question + tail
+    if len(tokenizer(text).input_ids) <= max_tokens:
+        return text, False
+    words = tokenizer(question, add_special_tokens=False).input_ids
+    keep = max(0, max_tokens - len(tokenizer(head + tail).input_ids))
+    while True:   # tokens merge across the cut: shorten until the re-tokenized whole fits
+        text = head + tokenizer.decode(words[:keep], skip_special_tokens=True) + tail
+        over = len(tokenizer(text).input_ids) - max_tokens
+        if over <= 0 or keep == 0:
+            return text, True
+        keep = max(0, keep - over)
 
 
-def generate(policy_model, tokenizer, problems, samples, temperature, config):
-    """`samples` programs per problem (adjacent), decoded; temperature 0 means one greedy program.
+def fit_prompts(tokenizer, problems, max_tokens, mbpp_instruction=MBPP_INSTRUCTION):
+    """([prompt text per problem], how many were cut)."""
+    fitted = [fit_prompt(tokenizer, problem, max_tokens, mbpp_instruction) for problem in problems]
+    return [text for text, _ in fitted], sum(cut for _, cut in fitted)
+
+
+def generate(policy_model, tokenizer, prompts, samples, temperature, config):
+    """(programs, capped): `samples` programs per prompt (adjacent), decoded, and for each whether it
+    stopped at config.max_new_tokens without its end token; temperature 0 means one greedy program.
 
     policy_model is a T5ForConditionalGeneration: sampling from softmax(logits) samples the
     B-Coder policy (docs/method.md#the-q-function), so Hugging Face `generate` serves as it is."""
-    prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
+    prompt_ids, prompt_mask, _ = encode(tokenizer, prompts, config.max_prompt_tokens)
     device = next(policy_model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     if temperature == 0:
@@ -45,16 +75,20 @@ def generate(policy_model, tokenizer, problems, samples, temperature, config):
     with torch.no_grad():
         sequences = policy_model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                           max_new_tokens=config.max_new_tokens, **sampling)
-    return tokenizer.batch_decode(sequences[:, 1:], skip_special_tokens=True)  # drop the start token
+    tokens = sequences[:, 1:]  # without the start token
+    capped = (~(tokens == tokenizer.eos_token_id).any(dim=1) & (tokens.shape[1] >= config.max_new_tokens)).tolist()
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True), capped
 
 
-def sample_pool(policy_model, tokenizer, problems, size, temperature, config, cap=256):
-    """`size` programs per problem (adjacent), generated at most `cap` sequences at a time."""
-    programs = []
+def sample_pool(policy_model, tokenizer, prompts, size, temperature, config, cap=256):
+    """(programs, capped): `size` programs per prompt (adjacent), generated at most `cap` sequences at a time."""
+    programs, capped = [], []
     per_call = max(1, cap // size)
-    for start in range(0, len(problems), per_call):
-        chunk = problems[start:start + per_call]
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start:start + per_call]
         for done in range(0, size, cap):
-            programs += generate(policy_model, tokenizer, chunk, samples=min(cap, size - done), temperature=temperature,
-                                 config=config)
-    return programs
+            more, more_capped = generate(policy_model, tokenizer, chunk, samples=min(cap, size - done),
+                                         temperature=temperature, config=config)
+            programs += more
+            capped += more_capped
+    return programs, capped

@@ -29,6 +29,7 @@ The run directory and its files: bcoder.run. This module is the orchestrator at 
 bcoder.evaluate (the eval stage) and bcoder.report (figures after each stage), which never import it.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -46,31 +47,36 @@ from bcoder.data.loading import load_split
 from bcoder.data.problems import DataError
 from bcoder.data.tokenizer import tiny_tokenizer
 from bcoder.evaluate import evaluate_run
+from bcoder.fused_head import bellman_loss_from_hidden
 from bcoder.loss import bellman_loss
 from bcoder.model import QModel, QModelConfig
 from bcoder.ops import check_backend
-from bcoder.reference import capped_value, check_operator, q_values
+from bcoder.reference import capped_value, check_operator
 from bcoder.replay import ReplayStore
 from bcoder.report import after_stage
-from bcoder.run import (PRESETS, REPLAY_FILE, STAGES, TrainConfig, TrainingError, ckpt_dir, load_ckpt, load_tokenizer,
-                        open_run)
-from bcoder.sampling import encode, generate, prompts_of
+from bcoder.run import (NEEDS, PRESETS, REPLAY_FILE, STAGES, TrainConfig, TrainingError, ckpt_dir, config_dict,
+                        load_ckpt, load_tokenizer, open_run)
+from bcoder.sampling import encode, fit_prompts, generate
 
 SAMPLE_CHUNK = 16                 # problems per sampling call (and per seed) in the sample stage
+LOSS_PATHS = ("fused", "logits")
 
 
 # ----- the training loop shared by sft, phi and theta -----
 
-def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
+def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn, curve=None):
     """Runs step_fn(step, net) -> (loss, metrics) for steps [start, steps) with AdamW, resuming from
     the stage's last checkpoint; `decay` picks linear decay to 0 (else a constant lr).
 
     `model` sits on this process's device; `net` is what step_fn calls: the model itself in one
     process, its DistributedDataParallel (or, with run.fsdp, FSDP2) wrapper across several.
     `parameters(model)` lists the trained parameters. Each rank's loss must be scaled so that the
-    ranks' mean is the global batch's loss (DDP averages the gradients); metrics["tokens"] is this
-    rank's count. Rank 0 logs and saves the checkpoints: the unwrapped model's full state and the
-    optimiser's, so that any number of processes resumes them. Returns the trained model (unwrapped).
+    ranks' mean is the global batch's loss (DDP averages the gradients); metrics["tokens"] and
+    metrics["programs_cut"] (programs longer than max_program_tokens) are this rank's counts. Rank 0
+    logs and saves the checkpoints: the unwrapped model's full state and the optimiser's, so that
+    any number of processes resumes them. `curve(model)`, called by every rank every
+    config.curve_every steps and after the last, returns the metrics to log then (rank 0's count).
+    Returns the trained model (unwrapped).
     """
     config = run.config
     sharded = run.fsdp and dist.active()
@@ -97,9 +103,13 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
     last = time.perf_counter()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step", file=sys.stderr,
                      disable=not dist.is_main()):
+        if curve and config.curve_every and step % config.curve_every == 0:
+            run.log({"stage": stage, "step": step, **curve(model)})
+            model.train()
         loss, metrics = step_fn(step, net)
         # The ranks' mean loss: the global batch's; every rank sees the same value (and stops together).
-        total_loss, tokens = dist.all_sum([loss.item(), metrics.get("tokens", 0)])
+        total_loss, tokens, programs_cut = dist.all_sum([loss.item(), metrics.get("tokens", 0),
+                                                         metrics.get("programs_cut", 0)])
         total_loss /= dist.world_size()
         if not math.isfinite(total_loss):
             raise TrainingError(f"{stage}: non-finite loss {total_loss} at step {step} "
@@ -114,7 +124,7 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
             now = time.perf_counter()
             seconds, last = now - last, now
             metrics.pop("batch", None)
-            metrics["tokens"] = int(tokens)
+            metrics["tokens"], metrics["programs_cut"] = int(tokens), int(programs_cut)
             run.log({"stage": stage, "step": step + 1, "loss": total_loss, "grad_norm": grad_norm,
                      "lr": schedule.get_last_lr()[0], **metrics,
                      "tokens_per_second": metrics.get("tokens", 0) * config.log_every / seconds})
@@ -124,6 +134,8 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn):
                                    "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
                                    "python_rng": random.getstate(), "sharded": sharded,
                                    "world_size": dist.world_size()})
+    if curve and config.curve_every and start < steps:
+        run.log({"stage": stage, "step": steps, **curve(model)})
     return model
 
 
@@ -160,21 +172,23 @@ def stage_sft(run):
     torch.manual_seed(config.seed)
     model = T5ForConditionalGeneration(t5_config).to(dist.device())
     rows = dist.batch_slice(config.sft_batch)  # this rank's rows of every global batch
-    pairs = [(prompt, solution) for problem, prompt in zip(train, prompts_of(train)) for solution in problem.solutions]
+    prompts, prompts_cut = fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)
+    run.log({"stage": "sft", "problems": len(train), "prompts_cut": prompts_cut})
+    pairs = [(prompt, solution) for problem, prompt in zip(train, prompts) for solution in problem.solutions]
 
     def step_fn(step, net):
         order = random.Random(f"{config.seed}/sft/{step * config.sft_batch // len(pairs)}").sample(pairs, len(pairs))
         start = step * config.sft_batch % len(pairs)
         batch = (order + order)[start:start + config.sft_batch][rows]
-        prompt_ids, prompt_mask = encode(tokenizer, [p for p, _ in batch], config.max_prompt_tokens)
-        labels, label_mask = encode(tokenizer, [s for _, s in batch], config.max_program_tokens)
+        prompt_ids, prompt_mask, _ = encode(tokenizer, [p for p, _ in batch], config.max_prompt_tokens)
+        labels, label_mask, programs_cut = encode(tokenizer, [s for _, s in batch], config.max_program_tokens)
         prompt_ids, prompt_mask, labels, label_mask = to_device(prompt_ids, prompt_mask, labels, label_mask)
         loss = net(input_ids=prompt_ids, attention_mask=prompt_mask,
                    labels=labels.masked_fill(~label_mask, -100)).loss
         tokens = int(label_mask.sum())
         weight, = global_weights(tokens)  # the mean over the global batch's tokens
         ce = dist.all_sum([loss.item() * tokens])[0] / dist.all_sum([tokens])[0]
-        return loss * weight, {"ce_loss": ce, "tokens": tokens}
+        return loss * weight, {"ce_loss": ce, "tokens": tokens, "programs_cut": programs_cut}
 
     model = train_steps(run, "sft", model, parameters=lambda m: list(m.parameters()), steps=config.sft_steps,
                         lr=config.sft_lr, decay=True, step_fn=step_fn)
@@ -199,7 +213,8 @@ def stage_sample(run):
     train, _ = load_split(config)
     tokenizer = load_tokenizer(run.dir, config)
     chunk, ranks = SAMPLE_CHUNK, dist.world_size()
-    state = run.load_state("sample") or {"next": 0}
+    prompts, prompts_cut = fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)
+    state = run.load_state("sample") or {"next": 0, "programs": 0, "capped": 0}
     store = ReplayStore(run.path(REPLAY_FILE)) if dist.is_main() else None
     try:
         with dist.sandbox(config.sandbox_timeout, config.workers) as sandbox:
@@ -220,17 +235,24 @@ def stage_sample(run):
                 if start < len(train):
                     problems = train[start:start + chunk]
                     torch.manual_seed(hash((config.seed, start)) % 2**31)
-                    programs = generate(model, tokenizer, problems, samples=config.samples_per_problem,
-                                        temperature=config.sample_temperature, config=config)
-                    owners = [p for p in problems for _ in range(config.samples_per_problem)]
+                    programs, capped = generate(model, tokenizer, prompts[start:start + chunk],
+                                                samples=config.samples_per_problem,
+                                                temperature=config.sample_temperature, config=config)
+                    owners = [p for p in problems for _ in range(len(programs) // len(problems))]
                     results = sandbox.run(programs, [p.tests for p in owners])
-                    mine = ([p.task_id for p in owners], programs, results)
+                    mine = ([p.task_id for p in owners], programs, results, sum(capped))
                 for part in dist.gather(mine) or ():
                     if part is not None:
-                        store.add_results(*part, model=str(ckpt_dir(run.dir, config)))
-                run.save_state("sample", {"next": min(len(train), round_start + chunk * ranks)})
+                        *rows, capped = part
+                        store.add_results(*rows, model=str(ckpt_dir(run.dir, config)))
+                        state["programs"] += len(rows[1])
+                        state["capped"] += capped
+                state["next"] = min(len(train), round_start + chunk * ranks)
+                run.save_state("sample", state)
         if store is not None:
-            run.log({"stage": "sample", "step": len(train), **{f"count_{k}": v for k, v in store.counts().items()}})
+            run.log({"stage": "sample", "step": len(train), "prompts_cut": prompts_cut, "programs": state["programs"],
+                     "programs_capped": state["capped"],
+                     **{f"count_{k}": v for k, v in store.counts().items()}})
     finally:
         if store is not None:
             store.close()
@@ -250,14 +272,37 @@ def q_model_for(run, stage):
     return model
 
 
+def q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path="fused", **loss_args):
+    """(values u, BellmanLossOutput) of a Q-model (net: a QModel or its DDP/FSDP2 wrapper) on a batch:
+    the phi-stage's L_V (theta_ckpt's advantage, frozen, its own argmax the target: only the TD term
+    trains) or the theta-stage's loss. loss_path "fused" takes the loss from the decoders' hidden
+    states (bellman_loss_from_hidden, inside the model's forward: no [B, T, V] logits); "logits"
+    materialises the logits of theta and theta_ckpt, then bellman_loss. loss_args: bellman_loss's
+    actions, mask, rewards, is_ground_truth and hyper-parameters."""
+    frozen_target = stage == "phi"
+    if loss_path == "fused":
+        def head(out, model):
+            return out.values, bellman_loss_from_hidden(
+                hidden=out.hidden.float(), lm_head_weight=model.lm_head_weight,
+                ckpt_hidden=None if frozen_target else out.ckpt_hidden.float(),
+                ckpt_lm_head_weight=None if frozen_target else model.ckpt_lm_head_weight,
+                values=out.values.float(), **loss_args)
+
+        return net(prompt_ids, prompt_mask, programs, return_logits=False, return_hidden=True, head=head)
+    out = net(prompt_ids, prompt_mask, programs)
+    return out.values, bellman_loss(out.logits.float(), None if frozen_target else out.ckpt_logits.float(),
+                                    out.values.float(), **loss_args)
+
+
 def stage_value(run, stage):
     """The phi-stage (L_V, only phi trains) or the theta-stage (L_ft), on replay batches."""
     config = run.config
     tokenizer = load_tokenizer(run.dir, config)
     model = q_model_for(run, stage).to(dist.device())
+    model.checkpoint_activations(config.gradient_checkpointing)
     train, _ = load_split(config)
     by_id = {p.task_id: p for p in train}
-    prompts = dict(zip(by_id, prompts_of(train)))
+    prompts = dict(zip(by_id, fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)[0]))
     store = ReplayStore(run.path(REPLAY_FILE))
     batch_size = config.phi_batch if stage == "phi" else config.theta_batch
     batches = store.batches(batch_size, config.rho_real, seed=config.seed, problem_ids=list(by_id))
@@ -268,46 +313,71 @@ def stage_value(run, stage):
 
     def step_fn(step, net):
         rows = store.by_ids(batches.ids_of(step)[mine])  # batches[step][mine], reading only this rank's rows
-        prompt_ids, prompt_mask = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
-        programs, mask = encode(tokenizer, [r.program for r in rows], config.max_program_tokens)
+        prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
+        programs, mask, programs_cut = encode(tokenizer, [r.program for r in rows], config.max_program_tokens)
         is_gt = torch.tensor([r.is_ground_truth for r in rows])
         rewards = torch.tensor([r.reward for r in rows])
         prompt_ids, prompt_mask, programs, mask, is_gt, rewards = to_device(
             prompt_ids, prompt_mask, programs, mask, is_gt, rewards)
-        with autocast:
-            out = net(prompt_ids, prompt_mask, programs)
         # td is a mean over tokens, adv over ground-truth programs, ce over ground-truth tokens: weighted
         # by this rank's share of the global counts, the ranks' mean loss is the global batch's.
         gt_tokens = mask & is_gt.unsqueeze(1)
         counts = [int(mask.sum()), int(is_gt.sum()), int(gt_tokens.sum())]
         w_td, w_adv, w_ce = global_weights(*counts)
-        # phi: L_V, the advantage is theta_ckpt's, frozen; only the TD term
-        parts = bellman_loss(out.logits.float(), None if stage == "phi" else out.ckpt_logits.float(),
-                             out.values.float(), programs, mask, rewards, is_gt, gamma=config.gamma,
-                             alpha=config.alpha, beta_adv=beta_adv * w_adv / w_td, beta_ce=beta_ce * w_ce / w_td,
-                             operator=config.operator, backend=config.loss_backend)
+        loss_args = {"actions": programs, "mask": mask, "rewards": rewards, "is_ground_truth": is_gt,
+                     "gamma": config.gamma, "alpha": config.alpha, "beta_adv": beta_adv * w_adv / w_td,
+                     "beta_ce": beta_ce * w_ce / w_td, "operator": config.operator, "backend": config.loss_backend}
+        with autocast:
+            values, parts = q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path=config.loss_path,
+                                   **loss_args)
         sums = [parts.td_loss.item() * counts[0], parts.adv_loss.item() * counts[1],
                 parts.ce_loss.item() * counts[2], *counts]
         with torch.no_grad():
-            value = capped_value(out.values.float())
-            q = q_values(out.logits.float(), out.values.float(), programs, alpha=config.alpha)
+            value, q = capped_value(values.float()), parts.q
             for rows_of in (is_gt, ~is_gt):
                 tokens = mask & rows_of.unsqueeze(1)
                 sums += [value[tokens].sum().item(), q[tokens].sum().item(), int(tokens.sum())]
         sums = dist.all_sum(sums)  # the global batch's metrics
         td, adv, ce = (total / max(count, 1) for total, count in zip(sums[:3], sums[3:6]))
         metrics = {"td_loss": td, "td_rmse": math.sqrt(td), "adv_loss": adv, "ce_loss": ce,
-                   "tokens": counts[0], "batch": f"replay rows {[r.id for r in rows]}"}
+                   "tokens": counts[0], "programs_cut": programs_cut, "batch": f"replay rows {[r.id for r in rows]}"}
         for name, (v, q_sum, count) in (("gt", sums[6:9]), ("generated", sums[9:12])):
             if count:
                 metrics[f"mean_v_{name}"], metrics[f"mean_q_{name}"] = v / count, q_sum / count
         return parts.loss * w_td, metrics
 
     steps, lr = (config.phi_steps, config.phi_lr) if stage == "phi" else (config.theta_steps, config.theta_lr)
-    model = train_steps(run, stage, model, parameters=lambda m: m.trainable_parameters(), steps=steps, lr=lr,
-                        decay=stage == "theta", step_fn=step_fn)
+    with (dist.sandbox(config.sandbox_timeout, config.workers) if config.curve_every and dist.is_main()
+          else contextlib.nullcontext()) as sandbox:
+        curve = pass_curve(config, stage, train, prompts, tokenizer, sandbox, build=lambda: q_model_for(run, stage))
+        model = train_steps(run, stage, model, parameters=lambda m: m.trainable_parameters(), steps=steps, lr=lr,
+                            decay=stage == "theta", step_fn=step_fn, curve=curve)
     store.close()
     dist.save_pretrained_on_main(model, run.path(stage), lambda: q_model_for(run, stage))
+
+
+def pass_curve(config, stage, train, prompts, tokenizer, sandbox, build):
+    """Figure 1's curve: greedy pass@1 of the stage's policy on a fixed, seeded subset of the training
+    problems (theta in the theta-stage; in the phi-stage the policy is theta_ckpt, frozen, so its value
+    is computed once). Rank 0 generates and runs the programs, from the whole model (under FSDP every
+    rank gathers it to rank 0 first: build() makes the unsharded model that takes the state)."""
+    subset = random.Random(f"{config.seed}/curve").sample(train, min(config.curve_problems, len(train)))
+    known = {}
+
+    def curve(model):
+        if stage == "phi" and "train_pass@1" in known:
+            return known
+        model = dist.unsharded_on_main(model, build)
+        if model is None:
+            return {}
+        policy = model.policy_model("theta" if stage == "theta" else "ckpt")
+        programs, _ = generate(policy, tokenizer, [prompts[p.task_id] for p in subset], samples=1, temperature=0,
+                               config=config)
+        passed = sum(r.passed for r in sandbox.run(programs, [p.tests for p in subset]))
+        known.update({"train_pass@1": passed / len(subset), "curve_problems": len(subset)})
+        return dict(known)
+
+    return curve
 
 
 def stage_eval(run):
@@ -335,7 +405,8 @@ def stages_to_run(config, only):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--out", required=True, help="the run directory")
+    parser.add_argument("--out", help="the run directory (required, but with --print-config)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("--stage", choices=STAGES, help="run only this stage")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="delete --out first")
@@ -353,6 +424,13 @@ def main(argv=None):
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
     config = dataclasses.replace(PRESETS[args.preset], **overrides)
+    missing = [name for name in NEEDS.get(args.preset, ()) if not getattr(config, name)]
+    if missing:
+        parser.error(f"--preset {args.preset} needs {' and '.join('--' + name.replace('_', '-') for name in missing)}")
+    if args.print_config:
+        return print(json.dumps(config_dict(config), indent=2))
+    if not args.out:
+        parser.error("--out is required")
     dist.init()  # joins the process group under torchrun (WORLD_SIZE > 1); nothing in one process
     try:
         load_split(config)  # a malformed data file or an empty split fails here, before any work
@@ -361,6 +439,8 @@ def main(argv=None):
             check_backend(config.loss_backend)
         except ValueError as error:
             raise TrainingError(f"{error} (--operator, --loss-backend)") from None
+        if config.loss_path not in LOSS_PATHS:
+            raise TrainingError(f"--loss-path must be one of {LOSS_PATHS}, got {config.loss_path!r}")
         for name, size in (("sft_batch", config.sft_batch), ("phi_batch", config.phi_batch),
                            ("theta_batch", config.theta_batch)):
             if size % dist.world_size():

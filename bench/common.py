@@ -196,11 +196,16 @@ def resident_bytes(field="VmRSS"):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def reset_peak_rss():
+    """Resets the process's peak resident set (VmHWM) to its current one (Linux)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
 def peak_rss_rise(fn):
     """Bytes by which the process's peak resident set rises above its current one while fn()
     runs (VmHWM, reset through /proc/self/clear_refs first; Linux)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets VmHWM to the current resident set
+    reset_peak_rss()
     before = resident_bytes("VmRSS")
     fn()
     return max(resident_bytes("VmHWM") - before, 0)

@@ -1,4 +1,5 @@
-"""The loaders, and every reference solution through the sandbox: all pass, mutations fail."""
+"""The loaders, the prompts, and every reference solution through the sandbox: all pass, mutations fail."""
+import ast
 import gzip
 import json
 import os
@@ -8,8 +9,10 @@ import pytest
 from bcoder.data.apps import load_apps
 from bcoder.data.humaneval import load_humaneval
 from bcoder.data.mbpp import load_mbpp, mbpp_test
-from bcoder.data.problems import DataError, default_data_dir
-from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, ValueTest
+from bcoder.data.problems import DataError, Problem, default_data_dir
+from bcoder.data.prompt import MBPP_INSTRUCTION, prompt_parts, prompt_text
+from bcoder.sampling import fit_prompt, fit_prompts
+from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
 
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(),
@@ -65,8 +68,8 @@ def test_all_apps_references_pass_and_mutations_fail(sandbox):
 
 @needs_data
 def test_example_and_hidden_tests_are_kept_apart():
-    mbpp = load_mbpp(DATA / "mbpp.jsonl")[0]
-    assert len(mbpp.example_tests.cases) == 1 and len(mbpp.hidden_tests.cases) == 2
+    mbpp = load_mbpp(DATA / "mbpp.jsonl")[0]          # its prompt shows all three asserts
+    assert len(mbpp.example_tests.cases) == 3 and len(mbpp.hidden_tests.cases) == 0
     apps = {p.task_id: p for p in load_apps(DATA / "apps_train_coderl5.jsonl")}
     assert apps["1"].example_tests.cases[0].input == "3\n2 2 3\n4 3 7\n10 1 9\n"
     assert len(apps["2404"].example_tests.cases) == 1 and isinstance(apps["2404"].tests.cases[0], CallTest)
@@ -132,3 +135,51 @@ def test_malformed_apps_and_humaneval_records(tmp_path):
                             "canonical_solution": ""}) + "\n")
     with pytest.raises(DataError, match=r"he\.jsonl\.gz:1: field 'test' defines no check"):
         load_humaneval(humaneval)
+
+
+@needs_data
+def test_mbpp_prompts_show_the_text_and_the_tests_in_the_zero_shot_format():
+    problems = {p.task_id: p for p in load_mbpp(DATA / "mbpp.jsonl")}
+    for problem in problems.values():
+        text = prompt_text(problem)
+        called = {ast.parse(a).body[0].test.left.func.id for a in problem.shown_tests
+                  if isinstance(ast.parse(a).body[0].test, ast.Compare)
+                  and isinstance(ast.parse(a).body[0].test.left, ast.Call)
+                  and isinstance(ast.parse(a).body[0].test.left.func, ast.Name)}
+        assert all(name in text for name in called), problem.task_id
+        assert text.startswith(MBPP_INSTRUCTION.split("{question}")[0]) and text.endswith("### Response:")
+        assert problem.prompt in text and all(a in text for a in problem.shown_tests)
+    assert prompt_text(problems["11"]) == MBPP_INSTRUCTION.replace(
+        "{question}", "\n" + problems["11"].prompt + "\nTest examples:\n" + "\n".join(problems["11"].shown_tests))
+    # every assert is shown, so every test is an example test
+    assert all(len(p.example_tests.cases) == len(p.shown_tests) and not p.hidden_tests.cases for p in problems.values())
+
+
+@needs_data
+def test_apps_prompts_follow_hendrycks():
+    for problem in load_apps(DATA / "apps_train_coderl5.jsonl"):
+        text = prompt_text(problem)
+        form = "\nUse Call-Based format" if problem.entry_point else "\nUse Standard Input format"
+        starter = "\n" + problem.starter_code if problem.starter_code else ""
+        assert text == "\nQUESTION:\n" + problem.prompt + starter + form + "\nANSWER:\n"
+
+
+class CharTokenizer:
+    """One token per character, plus EOS: enough to test cutting to a token budget."""
+    eos_token_id, pad_token_id = 1, 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return type("Encoding", (), {"input_ids": [ord(c) + 2 for c in text] + ([1] if add_special_tokens else [])})
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i - 2) for i in ids if i > 1)
+
+
+def test_a_long_prompt_loses_its_question_never_its_tail():
+    problem = Problem("1", "x" * 500, UnitTests(), UnitTests(), entry_point="f", dataset="apps")
+    head, question, tail = prompt_parts(problem)
+    text, cut = fit_prompt(CharTokenizer(), problem, 100)
+    assert cut and text.startswith(head) and text.endswith(tail) and len(text) + 1 == 100
+    assert fit_prompt(CharTokenizer(), problem, 1000) == (head + question + tail, False)
+    texts, count = fit_prompts(CharTokenizer(), [problem, Problem("2", "short", UnitTests(), UnitTests())], 100)
+    assert count == 1 and texts[1].endswith("\nUse Standard Input format\nANSWER:\n")

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+from bcoder.data.apps import load_apps
 from bcoder.data.loading import load_split
-from bcoder.data.problems import Problem
+from bcoder.data.problems import Problem, default_data_dir
 from bcoder.protocols import (PROTOCOLS, pass_at_k, protocol_pass_at_k, protocol_report, protocol_table,
                               top_k_solved)
 from bcoder.run import read_run_config
@@ -163,3 +164,22 @@ def test_cli_judges_another_generators_programs(run_dir, tmp_path):
     assert report["return_by_outcome"]["all"]["compile_error"]["count"] == 2
     rows = [json.loads(line) for line in (tmp_path / "protocols_samples.jsonl").read_text().splitlines()]
     assert [r["outcome"] for r in rows] == ["passed", "compile_error"] * 2
+
+
+@pytest.mark.skipif(not (default_data_dir() / "apps_train_coderl5.jsonl").exists(), reason="data sets not found")
+def test_samples_are_judged_on_all_their_tests(run_dir, tmp_path):
+    """An APPS problem whose tests are all shown in its question has no hidden test: a program that
+    does nothing must not pass it (it did when only hidden tests judged)."""
+    apps = default_data_dir() / "apps_train_coderl5.jsonl"
+    problems = {p.task_id: p for p in load_apps(apps)}
+    no_hidden = [t for t, p in problems.items() if not p.hidden_tests.cases]
+    assert no_hidden
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": t, "program": "pass"}) + "\n" for t in no_hidden))
+    out = tmp_path / "apps.json"
+    result = subprocess.run([sys.executable, "-m", "bcoder.evaluate", "--run", str(run_dir), "--problems", str(apps),
+                             "--format", "apps", "--samples", str(samples), "--out", str(out), "--protocol",
+                             "unranked,oracle", "--k", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["samples"]["unranked"]["pass@1"] == 0.0 and report["samples"]["oracle"]["pass@1"] == 0.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bcoder import token_rewards
-from bcoder.data.prompt import apps_prompt
+from bcoder.data.prompt import prompt_text
 from bcoder.data.loading import load_split
 from bcoder.rank import Scorer
 from bcoder.reference import capped_value
@@ -32,7 +32,7 @@ def problems(run_dir):
 
 
 def test_return_is_the_sum_of_token_rewards_and_batching_changes_nothing(scorer, problems):
-    prompts = [apps_prompt(p) for p in problems for _ in range(2)]
+    prompts = [prompt_text(p) for p in problems for _ in range(2)]
     programs = [text for p in problems for text in (p.solutions[0], "x = (")]
     scores = scorer.score(prompts, programs)
     for s, program in zip(scores, programs):
@@ -42,8 +42,8 @@ def test_return_is_the_sum_of_token_rewards_and_batching_changes_nothing(scorer,
     # One row at a time, straight through the model and bcoder.token_rewards.
     with torch.no_grad():
         for prompt, program, s in list(zip(prompts, programs, scores))[:3]:
-            ids, mask = encode(scorer.tokenizer, [prompt], 600)
-            actions, amask = encode(scorer.tokenizer, [program], 512)
+            ids, mask, _ = encode(scorer.tokenizer, [prompt], 600)
+            actions, amask, _ = encode(scorer.tokenizer, [program], 512)
             out = scorer.model(ids, mask, actions)
             r = token_rewards(out.logits, out.values, actions, amask, scorer.gamma, scorer.alpha)[0]
             assert s.rewards == pytest.approx(r.tolist(), abs=1e-5)
@@ -74,7 +74,7 @@ def test_r_tilde_ranks_the_references_above_their_mutations(scorer, run_dir):
         return scorer.tokenizer.decode(ids, skip_special_tokens=True)
 
     pairs = [(p, s) for p in train for s in p.solutions]
-    prompts = [apps_prompt(p) for p, _ in pairs for _ in range(4)]
+    prompts = [prompt_text(p) for p, _ in pairs for _ in range(4)]
     programs = [program for _, s in pairs for program in (s, mutate(s, 1), mutate(s, 2), mutate(s, 3))]
     returns = [score.ret for score in scorer.score(prompts, programs)]
     below = [(pairs[i // 4][1], returns[i:i + 4]) for i in range(0, len(returns), 4)

@@ -96,6 +96,19 @@ def test_batches_mix_ground_truth_at_rho_real_and_cover_each_epoch(store):
     assert {r.problem_id for step in range(5) for r in only[step]} == {"p2"}
 
 
+def test_batches_draw_generated_programs_as_often_as_they_were_sampled(store):
+    """D_train keeps every sample: a program sampled three times comes three times per epoch."""
+    store.add_problems([Task("p0")])
+    store.add([ScoredProgram("p0", "truth", "passed", 1.0, is_ground_truth=True)])
+    store.add([ScoredProgram("p0", "common", "failed", -0.3)] * 3 + [ScoredProgram("p0", "rare", "passed", 1.0)])
+    store.add([ScoredProgram("p0", "truth", "passed", 1.0, is_ground_truth=True)] * 2)  # truths count once
+    batches = store.batches(batch_size=2, rho_real=0.5, seed=0)
+    ids = {p.program: p.id for p in store.programs("p0")}
+    drawn = collections.Counter(batches.ids_of(step)[1] for step in range(4 * 25))   # 25 epochs of 4 draws
+    assert drawn == {ids["common"]: 75, ids["rare"]: 25}
+    assert collections.Counter(batches.ids_of(step)[0] for step in range(10)) == {ids["truth"]: 10}
+
+
 def test_batches_are_reproducible_from_seed_and_step_even_after_more_rows(store):
     fill(store)
     batches = store.batches(batch_size=8, seed=7)
@@ -104,7 +117,9 @@ def test_batches_are_reproducible_from_seed_and_step_even_after_more_rows(store)
     assert [batches.ids_of(step) for step in (24, 3)] == [first[24], first[3]]      # any order: resume
     assert [step for step, _ in itertools.islice(batches.iterate(start=5), 3)] == [5, 6, 7]
     assert first != [store.batches(batch_size=8, seed=8).ids_of(step) for step in range(25)]
-    fill(store, problems=6, generated=30)          # more rows arrive; max_id pins the old data
+    store.add_problems(Task(f"p{i}") for i in range(4, 6))
+    store.add([ScoredProgram(f"p{i}", f"later {i} {j}", "failed", -0.3) for i in range(6) for j in range(10)])
+    # more programs arrive; max_id pins the old data (their sample counts unchanged)
     assert [store.batches(8, seed=7, max_id=batches.max_id).ids_of(s) for s in range(25)] == first
     assert store.batches(8, seed=7).max_id > batches.max_id
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bcoder.report import ms_for, ordering_verdict
+from bcoder.report import curve_panels, ms_for, ordering_verdict
 from smoke_run import REPO, smoke_run_dir
 
 
@@ -70,10 +70,34 @@ def test_cli_overlays_ablation_curves(run_dir, tmp_path):
     assert bad.returncode != 0 and "not a run directory" in bad.stderr
 
 
+def test_the_report_describes_the_run_it_reads(run_dir):
+    text = (run_dir / "report.md").read_text()
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "Problems: the tiny set (seed 0): 8 training and 4 held-out problems." in text
+    assert "Stages run: sft (120 steps), sample (1 programs per training problem), phi (2 steps), theta (2 steps), " \
+           "eval." in text
+    lengths = table_rows(text, "| stage | prompts cut |")
+    sample = next(m for m in metrics if m["stage"] == "sample" and "programs_capped" in m)
+    assert ["sample", str(sample["prompts_cut"]), f"{sample['programs_capped']} of {sample['programs']} generated"] \
+        in lengths
+    curve = [m for m in metrics if "train_pass@1" in m]
+    assert {(m["stage"], m["step"]) for m in curve} == {("phi", 0), ("phi", 2), ("theta", 0), ("theta", 2)}
+    assert all(m["curve_problems"] == 4 for m in curve)
+
+
+def test_curves_draw_only_what_a_run_logged():
+    logged = {"theta": [{"step": 1, "td_loss": 1.0}, {"step": 2, "td_loss": 1.0}]}
+    assert [title for *_, title in curve_panels([logged])] == ["theta: L_Q (TD loss)"]
+    assert curve_panels([{}]) == []
+
+
 def test_ordering_verdict_and_the_m_of_figure_5():
     stats = lambda *means: {o: {"mean": m} for o, m in zip(("passed", "failed", "runtime_error", "compile_error"), means)}
     assert ordering_verdict(stats(1.0, 0.5, 0.0, -1.0)) == "yes"
-    assert ordering_verdict(stats(1.0, None, 2.0, -1.0)) == "no: passed ≤ runtime error"
+    assert ordering_verdict(stats(1.0, None, 2.0, -1.0)) == \
+        "no: passed ≤ runtime error (only of passed, runtime error, compile error: no failed programs)"
+    assert ordering_verdict(stats(None, None, 0.5, -1.0)) == \
+        "yes (only of runtime error, compile error: no passed, failed programs)"
     assert ordering_verdict(stats(None, None, None, -1.0)) == "too few outcomes seen"
     assert ms_for(256) == [16, 32, 64, 128, 256] and ms_for(40) == [16, 32]
     assert ms_for(10) == [1, 2, 4, 8, 10] and ms_for(16) == [1, 2, 4, 8, 16]

@@ -4,7 +4,7 @@ import collections
 
 import pytest
 
-from bcoder.data.prompt import apps_prompt
+from bcoder.data.prompt import prompt_text
 from bcoder.data.tiny import TinyConfig, _parts, compositions, make_tiny_problems, split_compositions
 from bcoder.data.tokenizer import tiny_tokenizer
 from bcoder.sandbox import CallTest, StdioTest, run_programs
@@ -105,7 +105,7 @@ def test_tokenizer_gives_every_program_back_and_fits_the_budget(problems, tmp_pa
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     for problem in train + test:
-        prompt = apps_prompt(problem)
+        prompt = prompt_text(problem)
         assert len(tokenizer(prompt).input_ids) <= MAX_PROMPT_TOKENS
         for program in problem.solutions:
             ids = tokenizer(program).input_ids

@@ -16,8 +16,8 @@ import bcoder
 from bcoder.model import QModel, QModelConfig, program_mask
 from bcoder.data.loading import load_split
 from bcoder.run import PRESETS
-from bcoder.sampling import encode, prompts_of
-from bcoder.train import main
+from bcoder.sampling import encode, fit_prompts
+from bcoder.train import main, q_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,8 +96,9 @@ def test_training_step_gradients_match_the_reference_loss(smoke_run):
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
     train_problems, _ = load_split(config)
     problems = train_problems[:4]
-    prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
-    programs, mask = encode(tokenizer, [p.solutions[0] for p in problems], config.max_program_tokens)
+    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.max_prompt_tokens)[0],
+                                        config.max_prompt_tokens)
+    programs, mask, _ = encode(tokenizer, [p.solutions[0] for p in problems], config.max_program_tokens)
     rewards = torch.tensor([1.0, -0.3, -0.6, -1.0])
     is_gt = torch.tensor([True, False, True, False])
     grads = {}
@@ -115,6 +116,33 @@ def test_training_step_gradients_match_the_reference_loss(smoke_run):
         torch.testing.assert_close(grad, grads["reference"][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("stage", ["phi", "theta"])
+def test_the_fused_lm_head_trains_as_the_logits_do(smoke_run, stage):
+    """loss_path "fused" (no [B, T, V] logits) and "logits": the same loss, Q and gradients."""
+    config = PRESETS["smoke"]
+    tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
+    problems = load_split(config)[0][:4]
+    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.max_prompt_tokens)[0],
+                                        config.max_prompt_tokens)
+    programs, mask, _ = encode(tokenizer, [p.solutions[0] for p in problems], config.max_program_tokens)
+    loss_args = {"actions": programs, "mask": mask, "rewards": torch.tensor([1.0, -0.3, -0.6, -1.0]),
+                 "is_ground_truth": torch.tensor([True, False, True, False]),
+                 "beta_adv": 0.0 if stage == "phi" else 0.1, "beta_ce": 0.0 if stage == "phi" else 0.5}
+    results = {}
+    for path in ("fused", "logits"):
+        model = QModel.from_pretrained(smoke_run / "phi")
+        model.set_stage(stage)
+        values, parts = q_loss(model, stage, prompt_ids, prompt_mask, programs, loss_path=path, **loss_args)
+        parts.loss.backward()
+        results[path] = (parts, {n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    (fused, fused_grads), (logits, logits_grads) = results["fused"], results["logits"]
+    for name in ("loss", "td_loss", "adv_loss", "ce_loss", "q"):
+        torch.testing.assert_close(getattr(fused, name), getattr(logits, name), rtol=1e-5, atol=1e-5, msg=name)
+    assert fused_grads.keys() == logits_grads.keys() and fused_grads
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(grad, logits_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_phi_stage_lowers_td_error_on_fixed_data(smoke_run):
     # theta_ckpt's greedy programs: their advantage is 0 at every token, so the TD error is
     # reducible to 0 by the value alone (with another policy's tokens, Q = A_ckpt + V can be
@@ -122,7 +150,8 @@ def test_phi_stage_lowers_td_error_on_fixed_data(smoke_run):
     config = PRESETS["smoke"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
     problems = load_split(config)[0][:8]
-    prompt_ids, prompt_mask = encode(tokenizer, prompts_of(problems), config.max_prompt_tokens)
+    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.max_prompt_tokens)[0],
+                                        config.max_prompt_tokens)
     torch.manual_seed(0)
     model = QModel.from_checkpoint(smoke_run / "ckpt", QModelConfig(stage="phi"))
     programs = model.ckpt.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False,
@@ -163,3 +192,22 @@ def test_bad_inputs_end_with_clear_messages(tmp_path):
     with pytest.raises(SystemExit, match="empty split"):
         main(["--preset", "smoke", "--out", str(tmp_path / "d"), "--data", f"mbpp:{empty}", "--stage", "sample",
               "--model", str(not_t5)])
+
+
+def test_the_paper_preset_and_print_config():
+    result = subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "paper", "--model", "ckpt", "--data",
+                             "apps:train", "--eval-data", "apps:test", "--print-config"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads(result.stdout)
+    assert {key: config[key] for key in ("phi_lr", "phi_steps", "phi_batch", "theta_lr", "theta_steps", "theta_batch",
+                                         "weight_decay", "samples_per_problem", "max_prompt_tokens",
+                                         "max_program_tokens", "max_new_tokens", "rho_real", "alpha", "beta_adv",
+                                         "beta_ce", "eval_temperature", "rank_m", "eval_data")} == {
+        "phi_lr": 1e-5, "phi_steps": 18000, "phi_batch": 256, "theta_lr": 3e-5, "theta_steps": 10000,
+        "theta_batch": 128, "weight_decay": 0.05, "samples_per_problem": 256, "max_prompt_tokens": 600,
+        "max_program_tokens": 512, "max_new_tokens": 512, "rho_real": 0.5, "alpha": 1.0, "beta_adv": 0.1,
+        "beta_ce": 0.5, "eval_temperature": 0.6, "rank_m": 256, "eval_data": "apps:test"}
+    missing = subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "paper", "--print-config"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "--preset paper needs --model and --data" in missing.stderr

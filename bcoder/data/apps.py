@@ -70,4 +70,5 @@ def apps_problem(record, where):
     return Problem(task_id=str(require(record, "problem_id", (int, str), where)), prompt=question,
                    example_tests=UnitTests(examples, apps=True), hidden_tests=UnitTests(hidden, apps=True),
                    solutions=solutions, entry_point=tests.get("fn_name") or "",
-                   starter_code=record.get("starter_code") or "", difficulty=str(record.get("difficulty") or ""))
+                   starter_code=record.get("starter_code") or "", difficulty=str(record.get("difficulty") or ""),
+                   dataset="apps")

@@ -49,5 +49,5 @@ def load_humaneval(path=None):
             hidden_tests=UnitTests([AssertTest(f"check({entry_point})")],
                                    prompt_helpers(prompt, entry_point, where) + "\n" + test, names=(entry_point,)),
             solutions=[prompt + require(record, "canonical_solution", str, where)],
-            entry_point=entry_point))
+            entry_point=entry_point, dataset="humaneval"))
     return problems

@@ -9,27 +9,61 @@ from bcoder.data.tiny import make_tiny_problems
 LOADERS = {"mbpp": load_mbpp, "humaneval": load_humaneval, "apps": load_apps}
 
 
+MBPP_TRAIN, MBPP_TEST = range(601, 975), range(11, 511)   # the standard split (tasks 511-600: validation)
+
+
 def load_split(config):
-    """(train, held-out) problems of a run's `--data` spec (config.data): "tiny" (generated from
-    config.seed, n_train, n_test), "mbpp:PATH" (the standard split: tasks 601-974 train, 11-510
-    test) or "apps:PATH" (a sample of APPS's train split: an id-sorted fifth held out)."""
-    data = config.data
-    if data == "tiny":
+    """(train, held-out) problems of a run: config.data names the training problems ("tiny", made from
+    config.seed, n_train and n_test; "mbpp:PATH", its train tasks 601-974; "apps:PATH", every problem
+    there: APPS's train split), config.eval_data the held-out ones ("mbpp:PATH", its test tasks 11-510;
+    "apps:PATH", every problem there: APPS's test split). Without eval_data they come from --data:
+    tiny's test set, MBPP's test tasks, or for APPS an id-sorted fifth held out of the given problems
+    (a sample's split, not the paper's)."""
+    if config.data == "tiny":
+        if config.eval_data:
+            raise DataError("--eval-data goes with --data mbpp:PATH or apps:PATH, not the tiny set")
         return make_tiny_problems(seed=config.seed, n_train=config.n_train, n_test=config.n_test)
-    kind, _, path = data.partition(":")
-    if kind not in ("mbpp", "apps") or not path:
-        raise DataError(f"--data must be 'tiny', 'mbpp:PATH' or 'apps:PATH', got {data!r}")
-    if kind == "mbpp":
-        problems = load_mbpp(path)
-        train = [p for p in problems if 601 <= int(p.task_id) <= 974]
-        test = [p for p in problems if 11 <= int(p.task_id) <= 510]
+    kind, path = _spec(config.data, "--data")
+    train = load_mbpp(path) if kind == "mbpp" else load_apps(path)
+    if config.eval_data:
+        eval_kind, eval_path = _spec(config.eval_data, "--eval-data")
+        test = load_mbpp(eval_path) if eval_kind == "mbpp" else load_apps(eval_path)
+        if eval_kind == "mbpp":
+            test = [p for p in test if int(p.task_id) in MBPP_TEST]
+    elif kind == "mbpp":
+        test = [p for p in train if int(p.task_id) in MBPP_TEST]
     else:
-        order = sorted(load_apps(path), key=lambda p: str(p.task_id))
+        order = sorted(train, key=lambda p: str(p.task_id))
         cut = max(1, len(order) // 5)
         train, test = order[cut:], order[:cut]
+    if kind == "mbpp":
+        train = [p for p in train if int(p.task_id) in MBPP_TRAIN]
     if not train or not test:
-        raise DataError(f"{data}: empty split (train {len(train)}, test {len(test)} problems)")
+        raise DataError(f"{config.data} {config.eval_data}: empty split (train {len(train)}, held-out {len(test)} "
+                        f"problems)")
     return train, test
+
+
+def split_description(config):
+    """In words: where a run's training and held-out problems come from."""
+    if config.data == "tiny":
+        return f"the tiny set (seed {config.seed}): {config.n_train} training and {config.n_test} held-out problems"
+    kind, path = _spec(config.data, "--data")
+    if config.eval_data:
+        eval_kind, eval_path = _spec(config.eval_data, "--eval-data")
+        held_out = f"{eval_kind.upper()} {eval_path}" + (" (test tasks 11-510)" if eval_kind == "mbpp" else "")
+    else:
+        held_out = ("its test tasks 11-510" if kind == "mbpp"
+                    else "an id-sorted fifth of it (not the paper's split)")
+    trained = f"{kind.upper()} {path}" + (" (train tasks 601-974)" if kind == "mbpp" else "")
+    return f"trained on {trained}; held out: {held_out}"
+
+
+def _spec(spec, flag):
+    kind, _, path = spec.partition(":")
+    if kind not in ("mbpp", "apps") or not path:
+        raise DataError(f"{flag} must be 'tiny', 'mbpp:PATH' or 'apps:PATH', got {spec!r}")
+    return kind, path
 
 
 def load_problems_file(path, data_format):

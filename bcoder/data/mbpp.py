@@ -45,7 +45,7 @@ def program_names(reference, tests, where):
 
 
 def load_mbpp(path):
-    """Problems of mbpp.jsonl; the first assert of `test_list` is the example test."""
+    """Problems of mbpp.jsonl. Its prompt shows every assert of `test_list`, so all are example tests."""
     problems = []
     for number, record in read_jsonl(path):
         where = f"{path}:{number}"
@@ -63,10 +63,11 @@ def load_mbpp(path):
             raise DataError(f"{where}: field 'test_setup_code' does not parse: {error}") from None
         reference = require(record, "code", str, where)
         names = program_names(reference, asserts + [setup], where)
+        # The prompt shows every assert (the zero-shot format the paper follows): all are example tests.
         problems.append(Problem(
             task_id=str(require(record, "task_id", (int, str), where)),
             prompt=require(record, "text", str, where),
-            example_tests=UnitTests(cases[:1], setup, names=names),
-            hidden_tests=UnitTests(cases[1:], setup, names=names),
-            solutions=[reference]))
+            example_tests=UnitTests(cases, setup, names=names),
+            hidden_tests=UnitTests(names=names),
+            solutions=[reference], dataset="mbpp", shown_tests=tuple(asserts)))
     return problems

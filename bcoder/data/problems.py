@@ -24,6 +24,8 @@ class Problem:
     entry_point: str = ""
     starter_code: str = ""
     difficulty: str = ""                            # APPS: introductory, interview or competition
+    dataset: str = ""                               # mbpp | humaneval | apps | tiny: picks the prompt format
+    shown_tests: tuple = ()                         # MBPP: the asserts its prompt shows
 
     @property
     def tests(self):

@@ -284,7 +284,8 @@ def _problem(rng, config, task_id, element, step, keep, aggregate, params, form)
              for xs in inputs]
     return TinyProblem(task_id=task_id, prompt=prompt, example_tests=UnitTests(cases[:config.n_examples]),
                        hidden_tests=UnitTests(cases[config.n_examples:]), solutions=solutions, entry_point=name,
-                       composition=(element.type, step.name, keep.name, aggregate.name), params=params, format=form)
+                       composition=(element.type, step.name, keep.name, aggregate.name), params=params, format=form,
+                       dataset="tiny")
 
 
 def _comprehension(element, mapped, condition, aggregate, default):

@@ -19,7 +19,7 @@ import itertools
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from bcoder.data.prompt import apps_prompt
+from bcoder.data.prompt import prompt_text
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 OPERATORS = r"==|!=|<=|>=|\*\*|//|\+=|-=|\*="
@@ -48,7 +48,7 @@ def train_tokenizer(texts, min_frequency=1):
 def problem_texts(problems):
     """The texts a model reads and writes for `problems`: APPS prompts and reference solutions."""
     for problem in problems:
-        yield apps_prompt(problem)
+        yield prompt_text(problem)
         yield from problem.solutions
 
 

@@ -2,6 +2,7 @@
 import ast
 import builtins
 import dataclasses
+import glob
 import json
 import os
 import selectors
@@ -18,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bcoder.sandbox import messages
+from bcoder.sandbox.isolation import ROOT_PREFIX
 from bcoder.sandbox.judge import apps_output_matches
 from bcoder.sandbox.schema import (AssertTest, ProgramResult, SandboxConfig, StdioTest, TestResult,
                                    UnitTests, ValueTest)
@@ -150,6 +152,7 @@ class Sandbox:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.config = config
         self.slots = []
+        remove_stale_directories()
         try:
             for index in range(workers or os.cpu_count() or 1):
                 self.slots.append(_Slot(config, index))
@@ -256,6 +259,15 @@ class Sandbox:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def remove_stale_directories():
+    """The work directories and roots' mount points that workers and judges of a killed pool left behind
+    (named after the process that made them; kept while it lives)."""
+    for path in glob.glob(ROOT_PREFIX + "*"):
+        pid = path[len(ROOT_PREFIX):].split("-")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class _NoProgress:
