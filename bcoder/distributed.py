@@ -14,6 +14,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from bcoder.files import replace_directory
 from bcoder.sandbox import Sandbox, SandboxConfig
 
 
@@ -208,9 +209,14 @@ def unsharded_on_main(model, build):
     return model if is_main() else None
 
 
-def save_pretrained_on_main(model, directory, build):
-    """model.save_pretrained(directory) by rank 0, the full model also under FSDP (unsharded_on_main)."""
+def save_pretrained_on_main(model, directory, build, also=()):
+    """model.save_pretrained(directory) by rank 0, the full model also under FSDP (unsharded_on_main),
+    with `also` (a tokenizer) saved beside it; the directory is replaced whole (bcoder.files)."""
     model = unsharded_on_main(model, build)
     if model is not None:
-        model.save_pretrained(directory)
+        def save(temporary):
+            for item in (model, *also):
+                item.save_pretrained(temporary)
+
+        replace_directory(directory, save)
     barrier()

@@ -22,7 +22,6 @@ judge) and against the example tests alone (for filtered), and scored by R~ unde
 theta (bcoder.rank). Writes RUN_DIR/eval.json and eval_samples.jsonl (or --out and its
 _samples.jsonl).
 """
-import argparse
 import dataclasses
 import json
 import sys
@@ -34,9 +33,10 @@ from tqdm import tqdm
 from bcoder import distributed as dist
 from bcoder.data.loading import LOADERS, load_problems_file, load_split, problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
+from bcoder.files import RunLock, check_output, write_atomic
 from bcoder.protocols import OUTCOMES, PROTOCOLS, outcome_returns, pass_at_k, protocol_report
 from bcoder.rank import Scorer
-from bcoder.run import EVAL_FILE, TrainingError, read_run_config
+from bcoder.run import EVAL_FILE, EXPECTED_ERRORS, ArgumentParser, exit_with, read_run_config
 from bcoder.sampling import fit_prompts, generate, sample_pool
 from bcoder.sandbox import REWARDS, run_programs
 
@@ -193,11 +193,10 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
 
     eval_path = Path(out) if out else run_dir / EVAL_FILE
     samples_path = eval_path.with_name(eval_path.stem + "_samples.jsonl")
-    eval_path.write_text(json.dumps(report, indent=2) + "\n")
-    with open(samples_path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({k: r[k] for k in ("policy", "pool", "task_id", "difficulty", "program", "return",
-                                                  "outcome", "example_outcome") if k in r}) + "\n")
+    write_atomic(samples_path, "".join(
+        json.dumps({k: r[k] for k in ("policy", "pool", "task_id", "difficulty", "program", "return", "outcome",
+                                      "example_outcome") if k in r}) + "\n" for r in records))
+    write_atomic(eval_path, json.dumps(report, indent=2) + "\n")
     return dist.broadcast(report)
 
 
@@ -206,8 +205,11 @@ def run_main(args):
     protocols = PROTOCOLS if args.protocol in (None, "all") else tuple(args.protocol.split(","))
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
-        sys.exit(f"error: unknown protocol(s) {sorted(unknown)}: choose from {', '.join(PROTOCOLS)} or all")
+        exit_with("bcoder.evaluate", f"unknown protocol(s) {sorted(unknown)}: choose from {', '.join(PROTOCOLS)} or all")
     try:
+        target = Path(args.out) if args.out else Path(args.run) / EVAL_FILE
+        for path in (target, target.with_name(target.stem + "_samples.jsonl")):
+            check_output(path, args.force, [("--samples", args.samples), ("--problems", args.problems)])
         config = read_run_config(args.run)
         overrides = {"eval_samples": args.n, "rank_m": args.m, "eval_temperature": args.temperature,
                      "filter_samples": args.filter_n, "filter_temperature": args.filter_temperature,
@@ -223,18 +225,21 @@ def run_main(args):
             records = [record for _, record in read_jsonl(args.samples)]
             samples = [{**record, "task_id": t, "program": program}
                        for record, (t, program) in zip(records, read_samples(args.samples, by_id))]
+            if not samples:
+                raise DataError(f"{args.samples}: no samples")
             if problems is None:
                 wanted = {s["task_id"] for s in samples}
                 problems = [p for p in by_id.values() if p.task_id in wanted]
-        report = evaluate_run(args.run, config, protocols=protocols, samples=samples, problems=problems, out=args.out,
-                              workers=args.workers)
-    except (DataError, TrainingError, ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
+        with RunLock(args.run):      # no training process writes the run meanwhile
+            report = evaluate_run(args.run, config, protocols=protocols, samples=samples, problems=problems,
+                                  out=args.out, workers=args.workers)
+    except EXPECTED_ERRORS as error:
+        exit_with("bcoder.evaluate", error)
     print(json.dumps(report, indent=2))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="bcoder.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--format", choices=sorted(LOADERS), help="of --problems (required without --run)")
     parser.add_argument("--problems", help="problems file (APPS: also a folder); with --run: default the run's "
                                            "held-out problems")
@@ -243,6 +248,8 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=None, help="seconds per program, all tests (default 10; "
                                                                    "with --run the run's)")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--force", action="store_true", help="replace --out (with --run: the run's eval.json) if it "
+                                                            "exists")
     parser.add_argument("--k", default=None, help="comma-separated k for pass@k (default 1,5,10; with --run the run's)")
     protocol = parser.add_argument_group("protocols of a trained run (docs/method.md#ranking-and-the-protocols)")
     protocol.add_argument("--run", help="a trained run directory (theta/ is the reward model)")
@@ -271,16 +278,19 @@ def main(argv=None):
     args.k = args.k or "1,5,10"
     ks = [int(k) for k in args.k.split(",")]
     try:
+        out = Path(args.out)
+        summary_path = out.with_name(out.stem + ".summary.json")
+        for path in (out, summary_path):
+            check_output(path, args.force, [("--samples", args.samples), ("--problems", args.problems)])
         problems = load_problems_file(args.problems, args.format)
         samples = read_samples(args.samples, problems)
-    except (DataError, ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
-    rows, summary = evaluate(problems, samples, ks, args.timeout, args.workers)
-    out = Path(args.out)
-    with open(out, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    summary_path = out.with_name(out.stem + ".summary.json")
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        if not samples:
+            raise DataError(f"{args.samples}: no samples")
+        rows, summary = evaluate(problems, samples, ks, args.timeout, args.workers)
+        write_atomic(out, "".join(json.dumps(row) + "\n" for row in rows))
+        write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    except EXPECTED_ERRORS as error:
+        exit_with("bcoder.evaluate", error)
     print(json.dumps(summary, indent=2))
 
 

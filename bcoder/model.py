@@ -189,9 +189,9 @@ class QModel(nn.Module):
         is most of a step's memory once the fused LM head has removed the logits."""
         decoder = self.phi_decoder if self.stage == "phi" else self.theta_decoder
         if enabled:
-            decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            decoder.gradient_checkpointing_disable()
+            decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif decoder.is_activation_checkpointing:
+            decoder.activation_checkpointing_disable()
         return self
 
     def trainable_parameters(self, stage=None):

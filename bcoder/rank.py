@@ -16,9 +16,7 @@ encoded as in training, `bcoder.sampling.encode` with the run's length limits), 
 `bcoder.token_rewards`: the same prompt and tokenization that the Q-function was trained on.
 Programs from another model are scored the same way (the paper's Table 3).
 """
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +24,10 @@ import torch
 
 from bcoder.data.loading import problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
+from bcoder.files import check_output, write_atomic
 from bcoder.loss import token_rewards
 from bcoder.model import QModel
-from bcoder.run import TrainingError, load_tokenizer, read_run_config
+from bcoder.run import EXPECTED_ERRORS, ArgumentParser, exit_with, load_tokenizer, read_run_config
 from bcoder.sampling import encode, fit_prompt
 
 
@@ -92,29 +91,34 @@ class Scorer:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="bcoder.rank", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a trained run directory (with theta/)")
     parser.add_argument("--problems", help="problems file; default: the run's own data")
     parser.add_argument("--format", choices=("mbpp", "humaneval", "apps"), help="of --problems (default: the run's)")
     parser.add_argument("--samples", required=True, help="JSONL of {task_id, program|completion, ...}")
     parser.add_argument("--out", required=True, help="JSONL: each sample with return, token_rewards, tokens")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
+        check_output(args.out, args.force, [("--samples", args.samples), ("--problems", args.problems)])
         config = read_run_config(args.run)
         problems = problems_of(config, args.problems, args.format)
         samples = read_samples(args.samples, problems)
+        if not samples:
+            raise DataError(f"{args.samples}: no samples")
         records = [record for _, record in read_jsonl(args.samples)]
         scorer = Scorer.from_run(args.run, config, args.batch_size)
-    except (DataError, TrainingError, ValueError, OSError) as error:
-        sys.exit(f"bcoder.rank: {error}")
-    prompts = {t: fit_prompt(scorer.tokenizer, problems[t], config.max_prompt_tokens, config.mbpp_instruction)[0]
-               for t, _ in samples}
-    scores = scorer.score([prompts[t] for t, _ in samples], [p for _, p in samples])
-    with open(args.out, "w", encoding="utf-8") as f:
-        for record, (_, program), s in zip(records, samples, scores):
-            f.write(json.dumps({**record, "program": program, "return": s.ret, "token_rewards": s.rewards,
-                                "tokens": s.tokens}) + "\n")
+        prompts = {t: fit_prompt(scorer.tokenizer, problems[t], config.max_prompt_tokens, config.mbpp_instruction)[0]
+                   for t, _ in samples}
+        scores = scorer.score([prompts[t] for t, _ in samples], [p for _, p in samples])
+        write_atomic(args.out, "".join(json.dumps({**record, "program": program, "return": s.ret,
+                                                   "token_rewards": s.rewards, "tokens": s.tokens}) + "\n"
+                                       for record, (_, program), s in zip(records, samples, scores)))
+    except EXPECTED_ERRORS as error:
+        exit_with("bcoder.rank", error)
     returns = [s.ret for s in scores]
     print(json.dumps({"samples": len(scores), "mean_return": sum(returns) / max(1, len(returns))}))
 

@@ -20,6 +20,7 @@ import random
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bcoder.sandbox.schema import REWARDS
 
@@ -77,19 +78,56 @@ class StoredProgram(ScoredProgram):
     times_sampled: int = 0
 
 
+TABLES = {"problems": {"id", "prompt", "entry_point", "created"}, "programs": {"id", *COLUMNS}}
+
+
+class ReplayError(ValueError):
+    """A file that is not a bcoder replay store (missing, foreign, corrupt, another schema version); the
+    message names its path."""
+
+
 class ReplayStore:
-    def __init__(self, path):
+    """The replay store in `path`. create=True makes a new one where no file is; any existing file must
+    be a replay store this code wrote (its schema version and tables checked before anything is
+    changed: a foreign or corrupt file is never touched). read_only=True opens it for reading only."""
+
+    def __init__(self, path, create=False, read_only=False):
         self.path = str(path)
-        # Autocommit mode: transactions are the explicit ones of _transaction().
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")     # durable at checkpoints; never corrupt
-        self.db.execute("PRAGMA foreign_keys=ON")
+        exists = Path(path).exists()
+        if not exists and not create:
+            raise ReplayError(f"{self.path}: no replay database there (the sample stage makes one)")
+        try:
+            # Autocommit mode: transactions are the explicit ones of _transaction().
+            uri = f"{Path(path).resolve().as_uri()}?mode={'ro' if read_only else 'rw' if exists else 'rwc'}"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
+            if exists:
+                try:
+                    self._check()
+                except (ReplayError, sqlite3.Error):
+                    self.db.close()
+                    raise
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")     # durable at checkpoints; never corrupt
+            self.db.execute("PRAGMA foreign_keys=ON")
+            if not exists:
+                self.db.executescript(SCHEMA)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as error:
+            self.db.close()
+            raise ReplayError(f"{self.path}: not a readable replay database ({error})") from None
+
+    def _check(self):
+        """ReplayError unless the file holds this schema version's tables, each with its columns."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise ValueError(f"{self.path}: replay schema version {version}, this code reads {SCHEMA_VERSION}")
-        self.db.executescript(SCHEMA)
-        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:
+            raise ReplayError(f"{self.path}: not a bcoder replay database of schema version {SCHEMA_VERSION} "
+                              f"(its user_version is {version})")
+        for table, columns in TABLES.items():
+            found = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if found != columns:
+                raise ReplayError(f"{self.path}: not a bcoder replay database (table {table!r} has columns "
+                                  f"{sorted(found) or 'none'}, expected {sorted(columns)})")
 
     def close(self):
         self.db.close()
@@ -231,7 +269,8 @@ class MixedBatches:
             if wanted is None or problem_id in wanted:
                 self.ids[bool(is_ground_truth)] += [row_id] * (1 if is_ground_truth else max(1, times_sampled))
         if not self.ids[True] and not self.ids[False]:
-            raise ValueError("no programs to draw batches from")
+            raise ReplayError(f"{store.path}: no programs of the training problems to draw batches from (run the "
+                              f"sample stage first)")
         self._epochs = {}                          # (kind, epoch) -> permutation, the latest few
 
     def sizes(self):

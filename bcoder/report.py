@@ -14,7 +14,6 @@ and the figures
   * curves.png: the training curves of sft, phi and theta (Figure 1), with the ablation runs overlaid.
 `bcoder.train` writes curves.png after each training stage and the whole report after eval.
 """
-import argparse
 import json
 import math
 import sys
@@ -27,7 +26,9 @@ from scipy.stats import gaussian_kde
 
 from bcoder.protocols import OUTCOMES, PROTOCOLS, protocol_table
 from bcoder.data.loading import split_description
-from bcoder.run import CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, METRICS_FILE, REPORT_FILE, STAGES, read_run_config
+from bcoder.files import write_atomic, write_atomic_with
+from bcoder.run import (ArgumentParser, CONFIG_FILE, CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, EXPECTED_ERRORS, METRICS_FILE,
+                        REPORT_FILE, STAGES, exit_with, read_records, read_run_config)
 
 OUTCOME_LABELS = {"passed": "passed", "failed": "failed", "runtime_error": "runtime error",
                   "compile_error": "compile error"}
@@ -46,11 +47,9 @@ CURVES = [("sft", "ce_loss", None, "sft: cross-entropy"),
 
 
 def read_log(path):
-    """The records of a JSON-lines file the run wrote; none if it does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a JSON-lines file the run wrote (a line a kill left torn skipped); none if it does
+    not exist."""
+    return read_records(path) if Path(path).exists() else []
 
 
 def read_metrics(run_dir):
@@ -99,7 +98,7 @@ def plot_curves(runs, path):
         ax.set_visible(False)
     fig.suptitle("Training curves" + (" (with ablations)" if len(runs) > 1 else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic_with(path, lambda temporary: fig.savefig(temporary, dpi=100))
     return Path(path)
 
 
@@ -145,7 +144,7 @@ def plot_return_density(records, path):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic_with(path, lambda temporary: fig.savefig(temporary, dpi=100))
     return Path(path)
 
 
@@ -198,7 +197,7 @@ def plot_ranked_vs_m(curves, path, ks=(1, 5)):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic_with(path, lambda temporary: fig.savefig(temporary, dpi=100))
     return Path(path)
 
 
@@ -331,7 +330,12 @@ def write_report(run_dir, ablations=None):
     """RUN_DIR/report.md and its figures (see the module docstring); returns the report's path."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    report = json.loads((run_dir / EVAL_FILE).read_text()) if (run_dir / EVAL_FILE).exists() else None
+    report = None
+    if (run_dir / EVAL_FILE).exists():
+        try:
+            report = json.loads((run_dir / EVAL_FILE).read_text())
+        except ValueError as error:
+            raise ValueError(f"{run_dir / EVAL_FILE}: not valid JSON ({error}); rerun the eval stage") from None
     records = [r for r in read_log(run_dir / EVAL_SAMPLES_FILE) if "return" in r]
     ks = tuple(config.eval_ks)
     curves = write_curves(run_dir, ablations)
@@ -371,7 +375,7 @@ def write_report(run_dir, ablations=None):
               *(["Lengths: prompts cut (their question) to fit, programs cut at the cap (training) or stopped "
                  "there without ending (generated):", "", *lengths, ""] if lengths else [])]
     path = run_dir / REPORT_FILE
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path
 
 
@@ -388,7 +392,7 @@ def after_stage(run_dir, stage):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="bcoder.report", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="the run directory")
     parser.add_argument("--ablation", action="append", default=[], metavar="NAME=RUN_DIR",
                         help="another run's training curves to overlay (Figure 1); repeatable")
@@ -397,10 +401,13 @@ def main(argv=None):
     for item in args.ablation:
         name, _, directory = item.rpartition("=")
         ablations[name or Path(directory).name] = Path(directory)
-    missing = [str(d) for d in [Path(args.run), *ablations.values()] if not d.is_dir()]
+    missing = [str(d) for d in [Path(args.run), *ablations.values()] if not (d / CONFIG_FILE).is_file()]
     if missing:
-        sys.exit(f"bcoder.report: not a run directory: {', '.join(missing)}")
-    print(write_report(args.run, ablations))
+        exit_with("bcoder.report", f"not a run directory (no {CONFIG_FILE}): {', '.join(missing)}")
+    try:
+        print(write_report(args.run, ablations))
+    except EXPECTED_ERRORS as error:
+        exit_with("bcoder.report", error)
 
 
 if __name__ == "__main__":

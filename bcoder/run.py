@@ -8,19 +8,27 @@ Q-models), metrics.jsonl (every logged step), curves.png, eval.json, eval_sample
 report.md and state/ (the resume checkpoints: model, optimiser, scheduler, RNG and data
 position, and a marker per finished stage).
 """
+import argparse
 import dataclasses
 import json
-import os
 import shutil
-from dataclasses import dataclass
+import sqlite3
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from bcoder import distributed as dist
+from bcoder.data.loading import load_split
 from bcoder.data.prompt import MBPP_INSTRUCTION
+from bcoder.data.problems import DataError
+from bcoder.files import LockedError, RunLock, write_atomic, write_atomic_with
 from bcoder.model import load_t5_checkpoint
+from bcoder.ops import BACKENDS
+from bcoder.reference import OPERATORS
+from bcoder.replay import ReplayError, ReplayStore
 
 STAGES = ("sft", "sample", "phi", "theta", "eval")
 CONFIG_FILE, REPLAY_FILE, METRICS_FILE = "config.json", "replay.db", "metrics.jsonl"
@@ -28,71 +36,80 @@ EVAL_FILE, EVAL_SAMPLES_FILE, REPORT_FILE, CURVES_FILE = "eval.json", "eval_samp
 CKPT_DIR, STATE_DIR = "ckpt", "state"
 
 
+def _field(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+CHOICES = {"operator": OPERATORS, "loss_backend": BACKENDS, "loss_path": ("fused", "logits"),
+           "dtype": ("float32", "bfloat16")}
+
+
 @dataclass
 class TrainConfig:
-    data: str = "tiny"                # training problems: "tiny" | "mbpp:PATH" | "apps:PATH"
-    eval_data: str = ""               # held-out problems: "mbpp:PATH" (its test tasks, ids 11-510) | "apps:PATH"
-                                      # (every problem there: APPS's test split); "" = from --data (tiny: its
-                                      # test set; MBPP: the test tasks; APPS: an id-sorted fifth, not the paper's)
-    mbpp_instruction: str = MBPP_INSTRUCTION  # the MBPP prompt around "{question}" (WizardCoder's format)
-    model: str = ""                   # a T5 checkpoint directory (with its tokenizer) instead of sft
-    replay: str = ""                  # an existing replay database to start from (skips sampling)
-    seed: int = 0
-    n_train: int = 1000               # tiny data set sizes
-    n_test: int = 100
-    max_prompt_tokens: int = 600      # docs/method.md#training
-    max_program_tokens: int = 512
-    # the theta_ckpt trained from scratch by sft (tiny presets)
-    d_model: int = 128
-    d_ff: int = 512
-    layers: int = 2
-    heads: int = 4
-    sft_steps: int = 500
-    sft_batch: int = 64
-    sft_lr: float = 2e-3
-    # sample
-    samples_per_problem: int = 4
-    sample_temperature: float = 1.0
-    top_p: float = 0.95
-    sandbox_timeout: float = 4.0
-    workers: int = 0                  # sandbox workers; 0 = one per core
-    # phi and theta stages (docs/method.md#training; presets scale the step counts and learning rates)
-    phi_steps: int = 200
-    phi_batch: int = 64
-    phi_lr: float = 1e-3
-    theta_steps: int = 150
-    theta_batch: int = 64
-    theta_lr: float = 1e-5
-    weight_decay: float = 0.05
-    rho_real: float = 0.5
-    grad_clip: float = 1.0
-    dtype: str = "float32"            # "float32" | "bfloat16" (autocast on the trained decoders)
-    gamma: float = 0.999
-    alpha: float = 1.0
-    beta_adv: float = 0.1
-    beta_ce: float = 0.5
-    operator: str = "conservative"    # or "optimality": the ablation of Figure 1
-    init_value_from_phi: bool = True  # False: theta-stage without phi and the residual head (Figure 1's
-                                      # "without initialization" ablation)
-    loss_backend: str = "auto"
-    loss_path: str = "fused"          # "fused": bellman_loss_from_hidden, no [B, T, V] logits; "logits": logits,
-                                      # then bellman_loss (for comparison)
-    gradient_checkpointing: bool = False  # recompute the trained decoder's activations in the backward
-    # eval (docs/method.md#ranking-and-the-protocols; bcoder.evaluate.evaluate_run): a pool of eval_samples
-    # programs per held-out problem and policy at eval_temperature, all scored by R~ under theta and run
-    # against all the tests (and the example tests alone, for filtered)
-    eval_samples: int = 16
-    eval_temperature: float = 0.6
-    eval_ks: tuple = (1, 5)
-    rank_m: int = 0                   # ranked/filtered/oracle from m of the pool (0: m = eval_samples);
-                                      # m < pool: exact average over the pool's m-subsets
-    filter_samples: int = 0           # > 0: filtered and oracle use a second pool of this size...
-    filter_temperature: float = 0.4   # ...sampled at this temperature (paper: m=1000, temperature 0.4)
-    max_new_tokens: int = 512         # the program cap, for training samples and evaluation alike
-    curve_every: int = 0              # > 0: every this many phi/theta steps, greedy pass@1 on curve_problems
-    curve_problems: int = 32          # training problems (a fixed, seeded subset): the pass@1 curve of Figure 1
-    log_every: int = 10
-    checkpoint_every: int = 50
+    """Every field is a flag of `python -m bcoder.train` (`--field-name`); `--help` shows each one's
+    meaning, default and choices. docs/method.md#hyper-parameters sets the defaults against the paper's."""
+    data: str = _field("tiny", "training problems: tiny, mbpp:PATH or apps:PATH")
+    eval_data: str = _field("", "held-out problems: mbpp:PATH (its test tasks, 11-510) or apps:PATH (every problem "
+                                "there: APPS's test split); empty: from --data (tiny: its test set; MBPP: the test "
+                                "tasks; APPS: an id-sorted fifth, not the paper's split)")
+    mbpp_instruction: str = _field(MBPP_INSTRUCTION, "the MBPP prompt around {question} (WizardCoder's format)")
+    model: str = _field("", "a T5 / CodeT5 checkpoint directory, with its tokenizer, as theta_ckpt (no sft)")
+    replay: str = _field("", "a replay database of an earlier run to start from (no sample stage)")
+    seed: int = _field(0, "seed of the data, the batches, the sampling and the initialisation")
+    n_train: int = _field(1000, "tiny set: training problems")
+    n_test: int = _field(100, "tiny set: held-out problems")
+    max_prompt_tokens: int = _field(600, "prompt tokens; a longer prompt loses the end of its question")
+    max_program_tokens: int = _field(512, "program tokens in training and scoring; longer programs are cut")
+    d_model: int = _field(128, "sft's theta_ckpt (tiny presets): model width")
+    d_ff: int = _field(512, "sft's theta_ckpt: feed-forward width")
+    layers: int = _field(2, "sft's theta_ckpt: encoder and decoder layers")
+    heads: int = _field(4, "sft's theta_ckpt: attention heads (dividing d_model)")
+    sft_steps: int = _field(500, "sft: steps")
+    sft_batch: int = _field(64, "sft: global batch (programs)")
+    sft_lr: float = _field(2e-3, "sft: peak learning rate (linear decay)")
+    samples_per_problem: int = _field(4, "sample: programs per training problem from theta_ckpt")
+    sample_temperature: float = _field(1.0, "sample: temperature (0: greedy, one program)")
+    top_p: float = _field(0.95, "nucleus sampling's p, in sample and eval")
+    sandbox_timeout: float = _field(4.0, "seconds per program and all its tests")
+    workers: int = _field(0, "sandbox slots (0: one per core)")
+    phi_steps: int = _field(200, "phi-stage: steps")
+    phi_batch: int = _field(64, "phi-stage: global batch (programs)")
+    phi_lr: float = _field(1e-3, "phi-stage: constant learning rate")
+    theta_steps: int = _field(150, "theta-stage: steps")
+    theta_batch: int = _field(64, "theta-stage: global batch (programs)")
+    theta_lr: float = _field(1e-5, "theta-stage: peak learning rate (linear decay, no warm-up)")
+    weight_decay: float = _field(0.05, "AdamW's weight decay")
+    rho_real: float = _field(0.5, "share of ground-truth programs in a batch")
+    grad_clip: float = _field(1.0, "gradient norm clip")
+    dtype: str = _field("float32", "the trained decoders' compute dtype (bfloat16: autocast)")
+    gamma: float = _field(0.999, "discount")
+    alpha: float = _field(1.0, "the advantage's temperature: A = alpha (l - max l)")
+    beta_adv: float = _field(0.1, "weight of L_adv (theta-stage)")
+    beta_ce: float = _field(0.5, "weight of L_ce (theta-stage)")
+    operator: str = _field("conservative", "the TD target's action (optimality: Figure 1's ablation)")
+    init_value_from_phi: bool = _field(True, "theta's value starts from phi (no: Figure 1's 'without "
+                                             "initialization' ablation, no phi-stage)")
+    loss_backend: str = _field("auto", "the fused op's backend")
+    loss_path: str = _field("fused", "fused: the loss from the decoders' hidden states, no [B, T, V] logits; "
+                                     "logits: materialise them (for comparison)")
+    gradient_checkpointing: bool = _field(False, "recompute the trained decoder's activations in the backward")
+    eval_samples: int = _field(16, "eval: programs per held-out problem and policy")
+    eval_temperature: float = _field(0.6, "eval: temperature")
+    eval_ks: tuple = _field((1, 5), "eval: the k of pass@k, comma-separated")
+    rank_m: int = _field(0, "eval: candidates ranked per problem (0: all eval_samples); m < pool: the exact "
+                            "mean over its m-subsets")
+    filter_samples: int = _field(0, "eval: a second pool of this size for filtered and oracle (0: the main pool)")
+    filter_temperature: float = _field(0.4, "eval: the second pool's temperature (the paper: m 1000 at 0.4)")
+    max_new_tokens: int = _field(512, "generated tokens per program, in sample and eval alike")
+    curve_every: int = _field(0, "every this many phi/theta steps, greedy pass@1 on curve_problems (0: never)")
+    curve_problems: int = _field(32, "training problems of Figure 1's pass@1 curve (a fixed, seeded subset)")
+    log_every: int = _field(10, "steps between metrics lines")
+    checkpoint_every: int = _field(50, "steps between resume checkpoints")
+
+
+# A resume may change these: they change how a run works, not its results.
+RESULT_NEUTRAL = {"workers", "loss_backend", "loss_path", "gradient_checkpointing", "log_every", "checkpoint_every",
+                  "curve_every", "curve_problems"}
 
 
 PRESETS = {
@@ -117,6 +134,27 @@ class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what was kept."""
 
 
+# What a command line reports in one line (exit status 2, no traceback): bad input, not a bug.
+EXPECTED_ERRORS = (TrainingError, DataError, ReplayError, LockedError, ValueError, OSError, sqlite3.Error)
+
+
+def exit_with(program, error):
+    print(f"{program}: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (not the usage block), exit status 2."""
+
+    def error(self, message):
+        exit_with(self.prog, f"{message} (--help lists the flags)")
+
+
+def stage_done(run_dir, stage):
+    """Whether `stage` finished in the run directory `run_dir` (its marker, written after the stage's results)."""
+    return (Path(run_dir) / STATE_DIR / f"{stage}.done").exists()
+
+
 class Run:
     """The run directory. Across processes only rank 0 writes to it (state, metrics, markers); every
     rank reads it. `fsdp`: train with FSDP2 instead of DDP (a launch option, not part of the config)."""
@@ -129,20 +167,14 @@ class Run:
     def path(self, name):
         return self.dir / name
 
-    def done(self, stage):
-        return (self.dir / STATE_DIR / f"{stage}.done").exists()
-
     def mark_done(self, stage):
         if dist.is_main():
             (self.dir / STATE_DIR / f"{stage}.done").touch()
 
     def save_state(self, stage, state):
         """Atomically: a kill mid-write leaves the previous checkpoint. Rank 0 only."""
-        if not dist.is_main():
-            return
-        target = self.dir / STATE_DIR / f"{stage}.pt"
-        torch.save(state, target.with_suffix(".tmp"))
-        os.replace(target.with_suffix(".tmp"), target)
+        if dist.is_main():
+            write_atomic_with(self.dir / STATE_DIR / f"{stage}.pt", lambda path: torch.save(state, path))
 
     def load_state(self, stage):
         target = self.dir / STATE_DIR / f"{stage}.pt"
@@ -155,30 +187,151 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     def forget_metrics_after(self, stage, step):
-        """Drops metrics that a killed run logged past its last checkpoint, before resuming at `step`."""
+        """Drops metrics that a killed run logged past its last checkpoint (and a line it left torn),
+        before resuming at `step`."""
         path = self.dir / METRICS_FILE
         if not dist.is_main() or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines()
-                if not (json.loads(line).get("stage") == stage and json.loads(line).get("step", -1) >= step)]
-        path.write_text("".join(line + "\n" for line in kept))
+        records = read_records(path)
+        kept = [r for r in records if not (r.get("stage") == stage and r.get("step", -1) >= step)]
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def validate(config):
+    """TrainingError (or DataError, ReplayError), one line naming the flag, for a config that cannot
+    run: before a run directory exists. Reads what the run will read: the data files, the
+    checkpoint's config and tokenizer (not its weights) and the replay database."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    values = dataclasses.asdict(config)
+    for name, choices in CHOICES.items():
+        if values[name] not in choices:
+            raise TrainingError(f"{flag(name)} must be one of {', '.join(choices)}, got {values[name]!r}")
+    at_least = {1: ("sft_steps", "sft_batch", "phi_steps", "phi_batch", "theta_steps", "theta_batch",
+                    "samples_per_problem", "eval_samples", "curve_problems", "log_every", "checkpoint_every",
+                    "max_prompt_tokens", "max_program_tokens", "max_new_tokens", "n_train", "n_test", "d_model",
+                    "d_ff", "layers", "heads"),
+                0: ("workers", "rank_m", "filter_samples", "curve_every", "seed")}
+    for low, names in at_least.items():
+        for name in names:
+            if not isinstance(values[name], int) or values[name] < low:
+                raise TrainingError(f"{flag(name)} must be an integer >= {low}, got {values[name]!r}")
+    bounds = {**{name: ("> 0", lambda v: v > 0) for name in ("sandbox_timeout", "sft_lr", "phi_lr", "theta_lr",
+                                                               "alpha", "grad_clip")},
+              **{name: (">= 0", lambda v: v >= 0) for name in ("sample_temperature", "eval_temperature",
+                                                                "filter_temperature", "weight_decay", "beta_adv",
+                                                                "beta_ce")},
+              **{name: ("in [0, 1]", lambda v: 0 <= v <= 1) for name in ("rho_real", "gamma")},
+              "top_p": ("in (0, 1]", lambda v: 0 < v <= 1)}
+    for name, (bound, holds) in bounds.items():
+        value = values[name]
+        if not isinstance(value, (int, float)) or value != value or not holds(value):
+            raise TrainingError(f"{flag(name)} must be {bound}, got {value!r}")
+    if not config.eval_ks or min(config.eval_ks) < 1:
+        raise TrainingError(f"--eval-ks must be integers >= 1, got {','.join(map(str, config.eval_ks)) or 'none'}")
+    for temperature, samples in (("sample_temperature", "samples_per_problem"), ("eval_temperature", "eval_samples")):
+        if values[temperature] == 0 and values[samples] != 1:
+            raise TrainingError(f"{flag(temperature)} 0 is greedy decoding, one program per problem: "
+                                f"{flag(samples)} must be 1, got {values[samples]}")
+    if config.rank_m > config.eval_samples:
+        raise TrainingError(f"--rank-m {config.rank_m} ranks more candidates than --eval-samples {config.eval_samples}")
+    if config.d_model % config.heads:
+        raise TrainingError(f"--heads {config.heads} must divide --d-model {config.d_model}")
+    load_split(config)
+    if config.model:
+        check_checkpoint(Path(config.model))
+    if config.replay:
+        with ReplayStore(config.replay, read_only=True):
+            pass
+
+
+def check_checkpoint(directory):
+    """TrainingError unless `directory` holds a T5 model's config and the tokenizer of its vocabulary."""
+    if not directory.is_dir():
+        raise TrainingError(f"--model {directory}: no such directory")
+    try:
+        model_config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"--model {directory}: no model config there ({error})") from None
+    if model_config.model_type != "t5":
+        raise TrainingError(f"--model {directory}: a {model_config.model_type!r} model; B-Coder here needs a T5 "
+                            f"encoder-decoder (CodeT5)")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise TrainingError(f"--model {directory}: no tokenizer files there (one of {', '.join(TOKENIZER_FILES)})")
+    tokenizer = tokenizer_in(directory)
+    # A model's vocabulary may be padded a little past its tokenizer's (T5's 32128 for 32100 tokens), never
+    # short of it.
+    if not len(tokenizer) <= model_config.vocab_size <= len(tokenizer) + min(128, len(tokenizer) // 100):
+        raise TrainingError(f"--model {directory}: its tokenizer has {len(tokenizer)} tokens but the model's "
+                            f"vocabulary is {model_config.vocab_size}: the tokenizer files are missing or another "
+                            f"model's")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json", "tokenizer.model")
 
 
 def open_run(out, config, resume, overwrite):
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    """The run directory `out` for a validated config: created, resumed (the config.json there must
+    agree on every field that changes results) or replaced (--overwrite: only a bcoder run, and not
+    one that --model or --replay lies inside). Writes config.json; never deletes anything else."""
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file, not a directory")
+    holds_run = (out / CONFIG_FILE).is_file() and (out / STATE_DIR).is_dir()
+    lock = RunLock(out).__enter__() if holds_run else None   # before anything changes: one writer per run
+    try:
+        lock = _prepare_run_directory(out, config, resume, overwrite, holds_run, lock)
+    except BaseException:
+        if lock:
+            lock.__exit__()
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(out, config)
+    run.lock = lock or RunLock(out).__enter__()     # held until this process ends
+    write_atomic(out / CONFIG_FILE, json.dumps(config_dict(config), indent=2) + "\n")
+    return run
+
+
+def _prepare_run_directory(out, config, resume, overwrite, holds_run, lock):
+    """open_run's checks on an existing `out`, and --overwrite's removal; returns the lock still held."""
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
         if overwrite:
+            if not holds_run:
+                raise TrainingError(f"--overwrite replaces only a bcoder run directory; {out} holds something else")
+            for name, path in (("--model", config.model), ("--replay", config.replay)):
+                if path and (Path(path).resolve() == out or out in Path(path).resolve().parents):
+                    raise TrainingError(f"{name} {path} lies inside {out}, which --overwrite would delete")
             shutil.rmtree(out)
+            lock.__exit__()
+            lock = None
+        elif not holds_run:
+            raise TrainingError(f"--out {out} holds files that are not a bcoder run: choose an empty directory")
         elif not resume:
             raise TrainingError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
-        elif (out / CONFIG_FILE).exists():
-            saved = json.loads((out / CONFIG_FILE).read_text())
-            changed = {k: (saved.get(k), v) for k, v in config_dict(config).items() if saved.get(k) != v}
+        else:
+            try:
+                saved = json.loads((out / CONFIG_FILE).read_text())
+            except ValueError as error:
+                raise TrainingError(f"{out / CONFIG_FILE}: not valid JSON ({error})") from None
+            changed = [f"--{k.replace('_', '-')} ({saved.get(k)!r} there, {v!r} now)"
+                       for k, v in config_dict(config).items() if k not in RESULT_NEUTRAL and saved.get(k) != v]
             if changed:
-                raise TrainingError(f"--resume with a different config than {out / CONFIG_FILE}: {changed}")
-    run = Run(out, config)
-    (out / CONFIG_FILE).write_text(json.dumps(config_dict(config), indent=2) + "\n")
-    return run
+                raise TrainingError(f"--resume: {out} was started with other settings that change results: "
+                                    f"{'; '.join(changed)}")
+    return lock
+
+
+def copy_replay(source, target):
+    """A consistent copy of a replay database (SQLite's backup: the WAL's content included), written
+    atomically."""
+    def backup(path):
+        with ReplayStore(source, read_only=True) as store:
+            copy = sqlite3.connect(path)
+            store.db.backup(copy)
+            copy.close()
+
+    write_atomic_with(target, backup)
 
 
 def config_dict(config):
@@ -189,7 +342,13 @@ def config_dict(config):
 def read_run_config(run_dir):
     """The run's TrainConfig from its config.json; fields the file lacks keep their defaults (runs
     written before a field existed)."""
-    saved = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise TrainingError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as error:
+        raise TrainingError(f"{path}: not valid JSON ({error})") from None
     values = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name in saved:
@@ -212,10 +371,27 @@ def load_ckpt(run_dir, config):
 
 def load_tokenizer(run_dir, config):
     """theta_ckpt's tokenizer; TrainingError when its directory has none."""
-    directory = ckpt_dir(run_dir, config)
+    return tokenizer_in(ckpt_dir(run_dir, config))
+
+
+def tokenizer_in(directory):
+    """The tokenizer saved in a checkpoint directory; TrainingError when there is none."""
     if not directory.is_dir():
         raise TrainingError(f"{directory}: the checkpoint directory (--model, or the run's ckpt/) does not exist")
     try:
         return AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as error:
         raise TrainingError(f"{directory}: no tokenizer beside the model ({error})") from None
+
+
+def read_records(path):
+    """The JSON records of a JSON-lines file the run writes, skipping a line a kill left torn."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -34,9 +34,9 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -44,22 +44,20 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from bcoder import distributed as dist
 from bcoder.data.loading import load_split
-from bcoder.data.problems import DataError
 from bcoder.data.tokenizer import tiny_tokenizer
 from bcoder.evaluate import evaluate_run
 from bcoder.fused_head import bellman_loss_from_hidden
 from bcoder.loss import bellman_loss
 from bcoder.model import QModel, QModelConfig
-from bcoder.ops import check_backend
-from bcoder.reference import capped_value, check_operator
+from bcoder.reference import capped_value
 from bcoder.replay import ReplayStore
 from bcoder.report import after_stage
-from bcoder.run import (NEEDS, PRESETS, REPLAY_FILE, STAGES, TrainConfig, TrainingError, ckpt_dir, config_dict,
-                        load_ckpt, load_tokenizer, open_run)
+from bcoder.run import (CKPT_DIR, CHOICES, EXPECTED_ERRORS, NEEDS, PRESETS, REPLAY_FILE, STAGES, ArgumentParser,
+                        TrainConfig, TrainingError, ckpt_dir, config_dict, copy_replay, exit_with, load_ckpt,
+                        load_tokenizer, open_run, stage_done, validate)
 from bcoder.sampling import encode, fit_prompts, generate
 
 SAMPLE_CHUNK = 16                 # problems per sampling call (and per seed) in the sample stage
-LOSS_PATHS = ("fused", "logits")
 
 
 # ----- the training loop shared by sft, phi and theta -----
@@ -101,8 +99,9 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn, curve=
         run.forget_metrics_after(stage, start)
     model.train()
     last = time.perf_counter()
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step", file=sys.stderr,
-                     disable=not dist.is_main()):
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step", file=sys.stderr,
+               disable=not dist.is_main())
+    for step in bar:
         if curve and config.curve_every and step % config.curve_every == 0:
             run.log({"stage": stage, "step": step, **curve(model)})
             model.train()
@@ -128,6 +127,8 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn, curve=
             run.log({"stage": stage, "step": step + 1, "loss": total_loss, "grad_norm": grad_norm,
                      "lr": schedule.get_last_lr()[0], **metrics,
                      "tokens_per_second": metrics.get("tokens", 0) * config.log_every / seconds})
+            bar.set_postfix({name: f"{value:.4g}" for name, value in (("loss", total_loss), *metrics.items())
+                             if name in ("loss", "td_loss", "adv_loss", "ce_loss")}, refresh=False)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
             model_state, optimizer_state = dist.full_state(model, optimizer, sharded)
             run.save_state(stage, {"step": step + 1, "model": model_state, "optimizer": optimizer_state,
@@ -192,9 +193,8 @@ def stage_sft(run):
 
     model = train_steps(run, "sft", model, parameters=lambda m: list(m.parameters()), steps=config.sft_steps,
                         lr=config.sft_lr, decay=True, step_fn=step_fn)
-    dist.save_pretrained_on_main(model, ckpt_dir(run.dir, config), lambda: T5ForConditionalGeneration(t5_config))
-    if dist.is_main():
-        tokenizer.save_pretrained(ckpt_dir(run.dir, config))
+    dist.save_pretrained_on_main(model, ckpt_dir(run.dir, config), lambda: T5ForConditionalGeneration(t5_config),
+                                 also=[tokenizer])
 
 
 def to_device(*tensors):
@@ -215,7 +215,7 @@ def stage_sample(run):
     chunk, ranks = SAMPLE_CHUNK, dist.world_size()
     prompts, prompts_cut = fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)
     state = run.load_state("sample") or {"next": 0, "programs": 0, "capped": 0}
-    store = ReplayStore(run.path(REPLAY_FILE)) if dist.is_main() else None
+    store = ReplayStore(run.path(REPLAY_FILE), create=True) if dist.is_main() else None
     try:
         with dist.sandbox(config.sandbox_timeout, config.workers) as sandbox:
             if state["next"] == 0:
@@ -303,7 +303,7 @@ def stage_value(run, stage):
     train, _ = load_split(config)
     by_id = {p.task_id: p for p in train}
     prompts = dict(zip(by_id, fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)[0]))
-    store = ReplayStore(run.path(REPLAY_FILE))
+    store = ReplayStore(run.path(REPLAY_FILE), read_only=True)
     batch_size = config.phi_batch if stage == "phi" else config.theta_batch
     batches = store.batches(batch_size, config.rho_real, seed=config.seed, problem_ids=list(by_id))
     mine = dist.batch_slice(batch_size)  # this rank's rows of every global batch
@@ -402,25 +402,74 @@ def stages_to_run(config, only):
     return [s for s in STAGES if s not in skipped]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--out", help="the run directory (required, but with --print-config)")
+def check_stage_inputs(config, out, stages, overwrite):
+    """TrainingError, before a run directory is touched, when a stage in `stages` would read a model or
+    the replay database that neither --model/--replay, nor the run directory `out` (unless --overwrite
+    empties it), nor an earlier stage of `stages` provides."""
+    out = Path(out)
+    kept = (lambda name: False) if overwrite else (lambda name: (out / name).exists())
+    provided = {"ckpt": bool(config.model) or kept(CKPT_DIR), "replay": bool(config.replay) or kept(REPLAY_FILE),
+                "phi": kept("phi"), "theta": kept("theta")}
+    makers = {"ckpt": "sft", "replay": "sample", "phi": "phi", "theta": "theta"}
+    for stage in stages:
+        needs = {"sample": ["ckpt"], "phi": ["ckpt", "replay"], "eval": ["ckpt", "theta"],
+                 "theta": ["ckpt", "replay"] + (["phi"] if config.init_value_from_phi else [])}.get(stage, [])
+        for name in needs:
+            if not provided[name]:
+                where = {"ckpt": f"{out / CKPT_DIR} or --model", "replay": f"{out / REPLAY_FILE} or --replay"}
+                raise TrainingError(f"the {stage} stage reads {where.get(name, out / name)}, which is not there: "
+                                    f"run the {makers[name]} stage first")
+        provided.update({name: True for name, maker in makers.items() if maker == stage})
+
+
+PRESET_HELP = ("the defaults the flags start from: tiny (every stage on the CPU in minutes), smoke (seconds, for "
+               "tests), paper (the paper's App. H; needs --model and --data)")
+PROMISES = """
+--out, --resume, --overwrite: a run directory is made only once the whole config is valid (every flag,
+the data files, --model's config and tokenizer, --replay). An existing run is continued only with
+--resume, which refuses when a setting that changes results differs from the run's config.json (and
+says which); a resumed stage restarts from its last checkpoint. --overwrite deletes --out first, but
+only a directory holding a bcoder run, and never one that --model or --replay lies inside. One
+process at a time writes a run (RUN/.lock). Every result file is written atomically: a kill leaves
+the old file or the new one.
+"""
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(prog="bcoder.train", description=__doc__ + PROMISES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help=PRESET_HELP + " (default: tiny)")
+    parser.add_argument("--out", help="the run directory (required but with --print-config)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("--stage", choices=STAGES, help="run only this stage")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--overwrite", action="store_true", help="delete --out first")
+    parser.add_argument("--overwrite", action="store_true", help="replace the bcoder run in --out")
     parser.add_argument("--fsdp", action="store_true",
                         help="under torchrun: shard the trained model with FSDP2 instead of replicating it (DDP)")
+    config = parser.add_argument_group("the run's config (defaults: the tiny preset's)")
+    tiny = PRESETS["tiny"]
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag, default = "--" + f.name.replace("_", "-"), getattr(tiny, f.name)
+        shown = ",".join(map(str, default)) if f.type is tuple else repr(default) if f.type is str else default
+        help = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
         if f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            config.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif f.type is tuple:
-            parser.add_argument(flag, type=lambda s: tuple(int(k) for k in s.split(",")), default=None)
+            config.add_argument(flag, type=_integers, default=None, metavar="K,K", help=help)
         else:
-            parser.add_argument(flag, type=f.type, default=None)
-    args = parser.parse_args(argv)
+            config.add_argument(flag, type=f.type, default=None, choices=CHOICES.get(f.name), help=help)
+    return parser, parser.parse_args(argv)
+
+
+def _integers(text):
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from None
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
     config = dataclasses.replace(PRESETS[args.preset], **overrides)
@@ -433,31 +482,26 @@ def main(argv=None):
         parser.error("--out is required")
     dist.init()  # joins the process group under torchrun (WORLD_SIZE > 1); nothing in one process
     try:
-        load_split(config)  # a malformed data file or an empty split fails here, before any work
-        try:
-            check_operator(config.operator)
-            check_backend(config.loss_backend)
-        except ValueError as error:
-            raise TrainingError(f"{error} (--operator, --loss-backend)") from None
-        if config.loss_path not in LOSS_PATHS:
-            raise TrainingError(f"--loss-path must be one of {LOSS_PATHS}, got {config.loss_path!r}")
+        validate(config)  # every flag and every file the run reads, before anything is written
         for name, size in (("sft_batch", config.sft_batch), ("phi_batch", config.phi_batch),
                            ("theta_batch", config.theta_batch)):
             if size % dist.world_size():
                 raise TrainingError(f"--{name.replace('_', '-')} {size} is the global batch: it must split "
                                     f"evenly over the {dist.world_size()} processes")
 
+        stages = [stage for stage in stages_to_run(config, args.stage)
+                  if args.stage or args.overwrite or not stage_done(args.out, stage)]
+        check_stage_inputs(config, args.out, stages, args.overwrite)
+
         def open_and_copy():
             run = open_run(args.out, config, args.resume, args.overwrite)
             if config.replay and not run.path(REPLAY_FILE).exists():
-                shutil.copy(config.replay, run.path(REPLAY_FILE))
+                copy_replay(config.replay, run.path(REPLAY_FILE))
             return run
 
-        run = dist.on_main(open_and_copy)  # rank 0 writes the run directory; the others wait for it
+        run = dist.on_main(open_and_copy)  # rank 0 writes (and locks) the run directory; the others wait
         run.fsdp = args.fsdp
-        for stage in stages_to_run(config, args.stage):
-            if run.done(stage) and not args.stage:
-                continue
+        for stage in stages:
             started = time.perf_counter()
             STAGE_FUNCTIONS[stage](run)
             dist.barrier()  # every rank's part is done (and rank 0 has written it) before the next stage
@@ -465,8 +509,8 @@ def main(argv=None):
             run.log({"stage": stage, "wall_seconds": time.perf_counter() - started})
             if dist.is_main():
                 after_stage(run.dir, stage)  # curves.png after sft/phi/theta; report.md after eval
-    except (TrainingError, DataError) as error:
-        sys.exit(f"bcoder.train: {error}")
+    except EXPECTED_ERRORS as error:
+        exit_with("bcoder.train", error)
     finally:
         dist.shutdown()
 

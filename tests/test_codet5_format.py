@@ -201,7 +201,7 @@ def test_mbpp_through_every_stage(runs, codet5_dir, data_files):
                        [f"MBPP {data_files['mbpp']} (train tasks 601-974)", "held out: its test tasks 11-510"])
     assert sample["programs"] == 16                           # one per training task, 601-616
     from bcoder.replay import ReplayStore
-    store = ReplayStore(run_dir / "replay.db")
+    store = ReplayStore(run_dir / "replay.db", read_only=True)
     try:
         counts, truths = store.counts(), store.counts(is_ground_truth=True)
     finally:

@@ -4,6 +4,7 @@ One smoke run (sft, sample, phi in one process) is shared; each test copies it a
 again under `torchrun --standalone --nproc_per_node 2` (a free port each time). Every process runs
 one thread (OMP_NUM_THREADS=1), as torchrun's workers do.
 """
+import contextlib
 import json
 import math
 import os
@@ -140,9 +141,37 @@ def _kill_mid_stage(processes, out, *args):
     deadline = time.time() + 300
     while not state.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
+    # torchrun starts each rank in a session of its own. A crash takes them all, so kill them all, and
+    # wait until the last is gone: it releases the run's lock.
+    doomed = [process.pid, *_descendants(process.pid)]
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
+    while any((stat := _stat(pid)) and stat[0] != "Z" for pid in doomed) and time.time() < deadline:
+        time.sleep(0.01)
     return torch.load(state, weights_only=False)
+
+
+def _descendants(pid):
+    children = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        if (stat := _stat(proc.name)) is not None:
+            children.setdefault(int(stat[1]), []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def _stat(pid):
+    """/proc/PID/stat's fields after the command name (state, ppid, ...); None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])

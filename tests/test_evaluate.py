@@ -86,6 +86,5 @@ def test_cli_reports_bad_samples_with_file_and_line(tmp_path, capsys, lines, err
     with pytest.raises(SystemExit) as exit_info:
         main(["--format", "humaneval", "--problems", str(DATA / "HumanEval.jsonl.gz"), "--samples", str(samples),
               "--out", str(tmp_path / "out.jsonl")])
-    assert exit_info.value.code != 0
-    assert re.search(error, str(exit_info.value.code))
+    assert exit_info.value.code == 2 and re.search(error, capsys.readouterr().err)
     assert not (tmp_path / "out.jsonl").exists()

@@ -105,5 +105,6 @@ def test_cli_scores_each_sample_in_order(run_dir, problems, tmp_path):
         assert s["return"] == pytest.approx(sum(s["token_rewards"]), abs=1e-5)
         assert len(s["token_rewards"]) == len(s["tokens"])
     bad = subprocess.run([sys.executable, "-m", "bcoder.rank", "--run", str(tmp_path), "--samples", str(samples),
-                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                          "--out", str(tmp_path / "other.jsonl")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
     assert bad.returncode != 0 and "config.json" in bad.stderr

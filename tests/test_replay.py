@@ -1,13 +1,15 @@
-"""The replay store: round trip, dedup, ground-truth mixing, reproducible batches, reopening."""
+"""The replay store: round trip, dedup, ground-truth mixing, reproducible batches, reopening, and only
+its own databases."""
 import collections
 import itertools
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from bcoder.replay import ReplayStore, ScoredProgram
+from bcoder.replay import ReplayError, ReplayStore, ScoredProgram
 from bcoder.sandbox.schema import ProgramResult, TestResult
 
 
@@ -27,7 +29,7 @@ def fill(store, problems=4, real=3, generated=20):
 
 @pytest.fixture
 def store(tmp_path):
-    with ReplayStore(tmp_path / "replay.sqlite") as opened:
+    with ReplayStore(tmp_path / "replay.db", create=True) as opened:
         yield opened
 
 
@@ -133,14 +135,54 @@ def test_only_one_kind_or_none(store):
 
 
 def test_reopening_an_existing_file_from_another_process(tmp_path):
-    path = tmp_path / "replay.sqlite"
-    with ReplayStore(path) as store:
+    path = tmp_path / "replay.db"
+    with ReplayStore(path, create=True) as store:
         fill(store)
         expected = store.batches(8, seed=1).ids_of(2)
-    reader = ("import sys; from bcoder.replay import ReplayStore; s = ReplayStore(sys.argv[1]); "
+    reader = ("import sys; from bcoder.replay import ReplayStore; s = ReplayStore(sys.argv[1], read_only=True); "
               "print(len(s), s.batches(8, seed=1).ids_of(2), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", reader, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.split(" ", 1) == ["92", f"{expected} False\n"]
     with ReplayStore(path) as store:
         assert store.add([ScoredProgram("p0", "truth 0 0", "passed", 1.0, is_ground_truth=True)]) == 0
         assert len(store) == 92 and store.problem_ids() == ["p0", "p1", "p2", "p3"]
+
+
+def test_only_its_own_databases_are_opened_and_never_changed(tmp_path):
+    missing = tmp_path / "missing.db"
+    with pytest.raises(ReplayError, match=f"{missing}: no replay database there"):
+        ReplayStore(missing)
+    assert not missing.exists()
+    foreign = tmp_path / "foreign.db"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE programs (id INTEGER PRIMARY KEY, text TEXT)")
+    db.commit()
+    db.close()
+    conflicting = tmp_path / "conflicting.db"
+    with ReplayStore(conflicting, create=True):
+        pass
+    db = sqlite3.connect(conflicting)
+    db.execute("ALTER TABLE programs ADD COLUMN extra TEXT")
+    db.commit()
+    db.close()
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is no database" * 100)
+    for path, error in ((foreign, "user_version is 0"), (conflicting, "table 'programs' has columns"),
+                        (corrupt, "not a readable replay database")):
+        before = path.read_bytes()
+        for read_only in (False, True):
+            with pytest.raises(ReplayError, match=str(path)) as raised:
+                ReplayStore(path, read_only=read_only)
+            assert error in str(raised.value)
+        assert path.read_bytes() == before
+    assert not Path(f"{foreign}-wal").exists() and not Path(f"{corrupt}-wal").exists()   # not switched to WAL
+
+
+def test_a_read_only_store_reads_and_refuses_to_write(tmp_path):
+    path = tmp_path / "replay.db"
+    with ReplayStore(path, create=True) as store:
+        fill(store)
+    with ReplayStore(path, read_only=True) as store:
+        assert len(store) == 92 and store.batches(8).ids_of(0)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.add([ScoredProgram("p0", "new", "passed", 1.0)])

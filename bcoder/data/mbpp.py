@@ -64,8 +64,11 @@ def load_mbpp(path):
         reference = require(record, "code", str, where)
         names = program_names(reference, asserts + [setup], where)
         # The prompt shows every assert (the zero-shot format the paper follows): all are example tests.
+        task_id = str(require(record, "task_id", (int, str), where))
+        if not task_id.isdigit():
+            raise DataError(f"{where}: field 'task_id' should be an integer (the split is by id), got {task_id!r}")
         problems.append(Problem(
-            task_id=str(require(record, "task_id", (int, str), where)),
+            task_id=task_id,
             prompt=require(record, "text", str, where),
             example_tests=UnitTests(cases, setup, names=names),
             hidden_tests=UnitTests(names=names),
