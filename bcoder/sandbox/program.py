@@ -143,9 +143,15 @@ def compile_program(source, apps):
 
 
 def write_line(fd, message):
-    data = (json.dumps(message) + "\n").encode()
+    write_all(fd, (json.dumps(message) + "\n").encode())
+
+
+def write_all(fd, data):
     while data:
         data = data[os.write(fd, data):]
+
+
+COMPILED_LINE = b'["compiled"]\n'   # a constant: the encoder's first use costs a forked child ~20 page copies
 
 
 def read_lines(fd):
@@ -173,7 +179,7 @@ def program_main(source, apps, stdio, names=()):
     except BaseException as error:
         write_line(STATUS_FD, ["compile_error", *describe(error)])
         return 1
-    write_line(STATUS_FD, ["compiled"])
+    write_all(STATUS_FD, COMPILED_LINE)
     try:
         exec(code, namespace)
     except SystemExit as error:

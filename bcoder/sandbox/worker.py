@@ -47,12 +47,17 @@ for _name in PRELOADED:
 
 STATUS_LIMIT = 1 << 20       # bytes of status lines kept from a standard-input run
 
-def arrange_fds(targets):
-    """Makes fd i refer to targets[i] (a list of fds) and closes every other fd."""
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64 + len(targets)) for fd in targets]
-    for i, fd in enumerate(high):
-        os.dup2(fd, i)
-    os.closerange(len(targets), 1 << 20)
+def high_copies(fds):
+    """Copies of `fds` numbered above any fd a child's arrange_fds writes (so none is overwritten
+    before it is copied). Made in the worker: work done before the fork costs a child nothing."""
+    return [fcntl.fcntl(fd, fcntl.F_DUPFD, 64 + len(fds)) for fd in fds]
+
+
+def arrange_fds(high):
+    """In the child: makes fd i refer to high[i] and closes every other fd."""
+    for i in range(len(high)):
+        os.dup2(high[i], i)
+    os.closerange(len(high), 1 << 20)
 
 
 class Worker:
@@ -109,7 +114,7 @@ class Worker:
             stdin = os.open(os.devnull, os.O_RDONLY)
         else:
             stdin = os.memfd_create("stdin")
-            write_all(stdin, stdin_text.encode())
+            program.write_all(stdin, stdin_text.encode())
             os.lseek(stdin, 0, os.SEEK_SET)
         out, err = os.pipe(), os.pipe()
         status = None if stdin_text is None else os.pipe()
@@ -119,11 +124,15 @@ class Worker:
         os.mkdir(workdir, 0o700)
         if self.uid is not None:
             os.chown(workdir, self.uid, self.uid)
+        # Set here, not in the child: each page a forked child first writes costs it a copy, and
+        # os.environ's update touches some eighty.
+        os.environ["HOME"] = os.environ["TMPDIR"] = workdir[len(self.inside):]
+        high = high_copies(fds)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                arrange_fds(fds)
+                arrange_fds(high)
                 self.enter_program(workdir, deadline - started)
                 code = program.program_main(request["source"], request["apps"], stdin_text is not None,
                                             request.get("names", ()))
@@ -134,7 +143,7 @@ class Worker:
                     except BaseException:
                         pass
                 os._exit(code)
-        for fd in fds[:3] + ([status[1]] if status else []):
+        for fd in high + fds[:3] + ([status[1]] if status else []):
             os.close(fd)
         readers = [out[0], err[0]] + ([status[0]] if status else [])
         report = self.watch(pid, readers, started, deadline)
@@ -152,12 +161,10 @@ class Worker:
                   resource.RLIMIT_CORE: 0}
         for kind, value in limits.items():
             resource.setrlimit(kind, value if isinstance(value, tuple) else (value, value))
-        inside = workdir[len(self.inside):]
         if self.root:
             unshare_ipc()                 # System V memory and queues die with the program
             os.chroot(self.root)
-        os.chdir(inside)
-        os.environ.update(HOME=inside, TMPDIR=inside)
+        os.chdir(workdir[len(self.inside):])
         become(self.uid)
 
     def watch(self, pid, readers, started, deadline):
@@ -293,11 +300,6 @@ def _message(line):
     if not isinstance(message, list) or len(message) != 3:
         return None
     return [str(field) for field in message]
-
-
-def write_all(fd, data):
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def remove(path):
