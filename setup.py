@@ -42,6 +42,6 @@ setup(
     package_dir={"bcoder.kernels": "kernels"},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
-    install_requires=["torch>=2.4", "numpy", "tqdm", "transformers>=5.0", "safetensors>=0.4", "matplotlib", "scipy"],
+    install_requires=["torch>=2.4", "numpy", "tqdm", "transformers>=5.0", "peft>=0.17", "safetensors>=0.4", "matplotlib", "scipy"],
     extras_require={"test": ["pytest", "pytest-benchmark", "expecttest", "triton"]},
 )

@@ -148,7 +148,8 @@ def wrap(model, fsdp=False):
     if not active():
         return model
     if fsdp:
-        blocks = [m for m in model.modules() if type(m).__name__ == "T5Block"]
+        block_types = {name for m in model.modules() for name in getattr(m, "_no_split_modules", None) or ()}
+        blocks = [m for m in model.modules() if type(m).__name__ in block_types]
         for block in blocks:
             fully_shard(block)
         fully_shard(model)

@@ -105,6 +105,8 @@ class QModel(nn.Module):
     encoder), phi_decoder, phi_value_head, theta_decoder, theta_lm_head, h1, h2.
     """
 
+    causal = False   # bcoder.causal.CausalQModel: the same interface over a decoder-only LM
+
     def __init__(self, ckpt: T5ForConditionalGeneration, config: QModelConfig | None = None):
         """Wraps ckpt as theta_ckpt (taken over, not copied: it is frozen in place) and initialises phi and
         theta from it. Prefer `from_checkpoint`, which also accepts a directory."""
@@ -154,11 +156,11 @@ class QModel(nn.Module):
     def from_pretrained(cls, directory):
         """The Q-model written by `save_pretrained`, exactly (weights, heads, stage), on the CPU."""
         directory = Path(directory)
-        _require_directory(directory, "Q-model directory")
+        require_directory(directory, "Q-model directory")
         if not (directory / QMODEL_FILE).is_file() and (directory / "config.json").is_file():
             raise FileNotFoundError(f"{directory} has no {QMODEL_FILE} but a config.json: it looks like a plain "
                                     "Hugging Face checkpoint; start from it with QModel.from_checkpoint")
-        _require_files(directory, (QMODEL_FILE, WEIGHTS_FILE), "a bcoder Q-model saved by QModel.save_pretrained")
+        require_files(directory, (QMODEL_FILE, WEIGHTS_FILE), "a bcoder Q-model saved by QModel.save_pretrained")
         meta = json.loads((directory / QMODEL_FILE).read_text())
         with no_init_weights():  # every weight is overwritten by the strict load below
             ckpt = T5ForConditionalGeneration(T5Config.from_dict(meta["t5"]))
@@ -307,14 +309,14 @@ def program_mask(programs, eos_token_id):
     return torch.cumsum(is_eos, dim=1) - is_eos.long() == 0
 
 
-def _require_directory(directory, what):
+def require_directory(directory, what):
     if not directory.exists():
         raise FileNotFoundError(f"{what} not found: {directory}")
     if not directory.is_dir():
         raise NotADirectoryError(f"{what} is not a directory: {directory}")
 
 
-def _require_files(directory, names, what):
+def require_files(directory, names, what):
     missing = [name for name in names if not (directory / name).is_file()]
     if missing:
         found = sorted(p.name for p in directory.iterdir())
@@ -325,16 +327,17 @@ def _require_files(directory, names, what):
 def load_t5_checkpoint(directory, dtype):
     """T5ForConditionalGeneration.from_pretrained(directory), local files only, after checks that name
     what is wrong."""
-    _require_directory(directory, "checkpoint directory")
+    require_directory(directory, "checkpoint directory")
     if (directory / QMODEL_FILE).is_file():
         raise ValueError(f"{directory} holds a saved bcoder Q-model, not a plain T5 checkpoint: "
                          "load it with QModel.from_pretrained")
-    _require_files(directory, ("config.json",), "a Hugging Face checkpoint directory")
+    require_files(directory, ("config.json",), "a Hugging Face checkpoint directory")
     hf_config = json.loads((directory / "config.json").read_text())
     if hf_config.get("model_type") != "t5":
         architectures = ", ".join(hf_config.get("architectures") or ["unknown architecture"])
         raise ValueError(f"{directory} holds a {hf_config.get('model_type')!r} model ({architectures}); B-Coder "
-                         "needs a T5 / CodeT5 encoder-decoder (model_type 't5', T5ForConditionalGeneration)")
+                         "needs a T5 / CodeT5 encoder-decoder (model_type 't5', T5ForConditionalGeneration); "
+                         "a decoder-only model takes bcoder.causal.CausalQModel")
     if not any((directory / name).is_file() for name in HF_WEIGHT_FILES):
         found = sorted(p.name for p in directory.iterdir())
         raise FileNotFoundError(f"{directory} has a T5 config but no weights: expected one of {HF_WEIGHT_FILES} "

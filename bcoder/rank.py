@@ -26,8 +26,7 @@ from bcoder.data.loading import problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
 from bcoder.files import check_output, write_atomic
 from bcoder.loss import token_rewards
-from bcoder.model import QModel
-from bcoder.run import EXPECTED_ERRORS, ArgumentParser, exit_with, load_tokenizer, read_run_config
+from bcoder.run import EXPECTED_ERRORS, ArgumentParser, exit_with, load_q_model, load_tokenizer, read_run_config
 from bcoder.sampling import encode, fit_prompt
 
 
@@ -39,7 +38,7 @@ class ProgramScore:
 
 
 class Scorer:
-    """R~ and r~ of (prompt, program) pairs under a theta-stage QModel.
+    """R~ and r~ of (prompt, program) pairs under a theta-stage Q-model (T5 QModel or CausalQModel).
 
     scorer = Scorer.from_run("runs/tiny"); scores = scorer.score(prompts, programs)
     """
@@ -59,7 +58,7 @@ class Scorer:
         config = config or read_run_config(run_dir)
         if not (run_dir / "theta").is_dir():
             raise FileNotFoundError(f"{run_dir / 'theta'} not found: the run has no trained theta (run its theta stage)")
-        model = QModel.from_pretrained(run_dir / "theta")
+        model = load_q_model(run_dir, config, "theta")
         tokenizer = load_tokenizer(run_dir, config)
         return cls(model, tokenizer, gamma=config.gamma, alpha=config.alpha, max_prompt_tokens=config.max_prompt_tokens,
                    max_program_tokens=config.max_program_tokens, batch_size=batch_size, backend=config.loss_backend)
@@ -70,13 +69,15 @@ class Scorer:
         length (less padding); padding does not change a row's scores."""
         if len(prompts) != len(programs):
             raise ValueError(f"{len(prompts)} prompts for {len(programs)} programs")
+        causal = getattr(self.model, "causal", False)
         lengths = [len(self.tokenizer(p).input_ids) for p in programs]
         order = sorted(range(len(programs)), key=lambda i: (lengths[i], prompts[i]))
         scores = [None] * len(programs)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             prompt_ids, prompt_mask, _ = encode(self.tokenizer, [prompts[i] for i in rows], self.max_prompt_tokens)
-            actions, mask, _ = encode(self.tokenizer, [programs[i] for i in rows], self.max_program_tokens)
+            actions, mask, _ = encode(self.tokenizer, [programs[i] for i in rows], self.max_program_tokens,
+                                      program=True, causal=causal)
             device = next(self.model.parameters()).device
             prompt_ids, prompt_mask, actions, mask = (t.to(device) for t in (prompt_ids, prompt_mask, actions, mask))
             out = self.model(prompt_ids, prompt_mask, actions)

@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from bcoder import distributed as dist
 from bcoder.data.loading import load_split
 from bcoder.data.prompt import MBPP_INSTRUCTION
 from bcoder.data.problems import DataError
 from bcoder.files import LockedError, RunLock, write_atomic, write_atomic_with
-from bcoder.model import load_t5_checkpoint
+from bcoder.causal import CausalQModel, CausalQModelConfig, load_causal_checkpoint
+from bcoder.model import QModel, QModelConfig, load_t5_checkpoint
 from bcoder.ops import BACKENDS
 from bcoder.reference import OPERATORS
 from bcoder.replay import ReplayError, ReplayStore
@@ -41,7 +43,8 @@ def _field(default, help):
 
 
 CHOICES = {"operator": OPERATORS, "loss_backend": BACKENDS, "loss_path": ("fused", "logits"),
-           "dtype": ("float32", "bfloat16")}
+           "dtype": ("float32", "bfloat16"), "architecture": ("t5", "qwen2", "llama"),
+           "adapter": ("auto", "lora", "none")}
 
 
 @dataclass
@@ -64,6 +67,16 @@ class TrainConfig:
     d_ff: int = _field(512, "sft's theta_ckpt: feed-forward width")
     layers: int = _field(2, "sft's theta_ckpt: encoder and decoder layers")
     heads: int = _field(4, "sft's theta_ckpt: attention heads (dividing d_model)")
+    architecture: str = _field("t5", "sft's theta_ckpt: t5 (encoder-decoder; layers each side) or a decoder-only "
+                                     "qwen2 or llama (layers in all); --model's checkpoint says its own")
+    adapter: str = _field("auto", "decoder-only models: phi and theta as LoRA adapters on the frozen base (lora) or "
+                                  "full copies of it (none); auto: lora there, copies for T5 (no LoRA path)")
+    lora_rank: int = _field(16, "LoRA adapters' rank")
+    lora_alpha: float = _field(32.0, "LoRA adapters' alpha (their update is scaled by alpha / rank)")
+    lora_targets: str = _field("all-linear", "the modules LoRA adapts: all-linear (every linear layer of the trunk) "
+                                             "or comma-separated module names (q_proj,v_proj)")
+    share_prompt: bool = _field(True, "decoder-only models: the frozen base encodes each prompt once, for the three "
+                                      "policies, which run on the program tokens (the shared encoder's analogue)")
     sft_steps: int = _field(500, "sft: steps")
     sft_batch: int = _field(64, "sft: global batch (programs)")
     sft_lr: float = _field(2e-3, "sft: peak learning rate (linear decay)")
@@ -118,6 +131,12 @@ PRESETS = {
                          samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6, theta_batch=8,
                          eval_samples=2, max_new_tokens=48, curve_every=3, curve_problems=4, log_every=2,
                          checkpoint_every=2),
+    # A decoder-only Qwen2-style model of the tiny preset's size, LoRA adapters for phi and theta.
+    "tiny-causal": TrainConfig(architecture="qwen2", max_new_tokens=96, curve_every=25, theta_lr=1e-4),
+    "smoke-causal": TrainConfig(architecture="qwen2", n_train=24, n_test=8, d_model=32, d_ff=64, heads=2, sft_steps=30,
+                                sft_batch=16, samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6,
+                                theta_batch=8, eval_samples=2, max_new_tokens=48, curve_every=3, curve_problems=4,
+                                log_every=2, checkpoint_every=2, lora_rank=4),
     # The paper's App. H, for a downloaded CodeT5 / CodeRL checkpoint (--model) on APPS or MBPP (--data,
     # --eval-data): phi at a constant 1e-5 for 18k steps of 256, theta at a peak 3e-5 decaying linearly over
     # 10k steps of 128, 256 samples per problem, 600/512 tokens; evaluated at temperature 0.6 with m = 256.
@@ -211,14 +230,14 @@ def validate(config):
     at_least = {1: ("sft_steps", "sft_batch", "phi_steps", "phi_batch", "theta_steps", "theta_batch",
                     "samples_per_problem", "eval_samples", "curve_problems", "log_every", "checkpoint_every",
                     "max_prompt_tokens", "max_program_tokens", "max_new_tokens", "n_train", "n_test", "d_model",
-                    "d_ff", "layers", "heads"),
+                    "d_ff", "layers", "heads", "lora_rank"),
                 0: ("workers", "rank_m", "filter_samples", "curve_every", "seed")}
     for low, names in at_least.items():
         for name in names:
             if not isinstance(values[name], int) or values[name] < low:
                 raise TrainingError(f"{flag(name)} must be an integer >= {low}, got {values[name]!r}")
     bounds = {**{name: ("> 0", lambda v: v > 0) for name in ("sandbox_timeout", "sft_lr", "phi_lr", "theta_lr",
-                                                               "alpha", "grad_clip")},
+                                                               "alpha", "grad_clip", "lora_alpha")},
               **{name: (">= 0", lambda v: v >= 0) for name in ("sample_temperature", "eval_temperature",
                                                                 "filter_temperature", "weight_decay", "beta_adv",
                                                                 "beta_ce")},
@@ -239,33 +258,38 @@ def validate(config):
     if config.d_model % config.heads:
         raise TrainingError(f"--heads {config.heads} must divide --d-model {config.d_model}")
     load_split(config)
-    if config.model:
-        check_checkpoint(Path(config.model))
+    causal = check_checkpoint(Path(config.model)) if config.model else config.architecture != "t5"
+    if not causal and config.adapter == "lora":
+        raise TrainingError("--adapter lora is for decoder-only models; a T5 theta_ckpt's phi and theta are copies "
+                            "(--adapter auto or none)")
     if config.replay:
         with ReplayStore(config.replay, read_only=True):
             pass
 
 
 def check_checkpoint(directory):
-    """TrainingError unless `directory` holds a T5 model's config and the tokenizer of its vocabulary."""
+    """TrainingError unless `directory` holds the config of a T5 or decoder-only causal LM and the tokenizer
+    of its vocabulary; whether it is causal."""
     if not directory.is_dir():
         raise TrainingError(f"--model {directory}: no such directory")
     try:
         model_config = AutoConfig.from_pretrained(directory)
     except (OSError, ValueError) as error:
         raise TrainingError(f"--model {directory}: no model config there ({error})") from None
-    if model_config.model_type != "t5":
+    causal = model_config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not model_config.is_encoder_decoder
+    if model_config.model_type != "t5" and not causal:
         raise TrainingError(f"--model {directory}: a {model_config.model_type!r} model; B-Coder here needs a T5 "
-                            f"encoder-decoder (CodeT5)")
+                            f"encoder-decoder (CodeT5) or a decoder-only causal LM (Llama, Qwen2, GPT-2 families)")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise TrainingError(f"--model {directory}: no tokenizer files there (one of {', '.join(TOKENIZER_FILES)})")
     tokenizer = tokenizer_in(directory)
-    # A model's vocabulary may be padded a little past its tokenizer's (T5's 32128 for 32100 tokens), never
-    # short of it.
-    if not len(tokenizer) <= model_config.vocab_size <= len(tokenizer) + min(128, len(tokenizer) // 100):
+    # A model's vocabulary may be padded a little past its tokenizer's (T5: 32128 for 32100 tokens, Qwen2.5:
+    # 151936 for 151665, DeepSeek-Coder: 32256 for 32022), never short of it.
+    if not len(tokenizer) <= model_config.vocab_size <= len(tokenizer) + max(128, len(tokenizer) // 100):
         raise TrainingError(f"--model {directory}: its tokenizer has {len(tokenizer)} tokens but the model's "
                             f"vocabulary is {model_config.vocab_size}: the tokenizer files are missing or another "
                             f"model's")
+    return causal
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json", "tokenizer.model")
@@ -361,10 +385,48 @@ def ckpt_dir(run_dir, config):
     return Path(config.model) if config.model else Path(run_dir) / CKPT_DIR
 
 
+def is_causal(run_dir, config):
+    """Whether theta_ckpt is a decoder-only causal LM (its config says; before sft, --architecture)."""
+    directory = ckpt_dir(run_dir, config)
+    if (directory / "config.json").is_file():
+        return not AutoConfig.from_pretrained(directory).is_encoder_decoder
+    return config.architecture != "t5"
+
+
 def load_ckpt(run_dir, config):
-    """theta_ckpt, a T5ForConditionalGeneration; TrainingError naming what is wrong with its directory."""
+    """theta_ckpt, a T5ForConditionalGeneration or a causal LM; TrainingError naming what is wrong with its
+    directory."""
+    load = load_causal_checkpoint if is_causal(run_dir, config) else load_t5_checkpoint
     try:
-        return load_t5_checkpoint(ckpt_dir(run_dir, config), None)
+        return load(ckpt_dir(run_dir, config), None)
+    except (OSError, ValueError) as error:
+        raise TrainingError(str(error)) from None
+
+
+def q_model_config(run_dir, config, stage):
+    """The Q-model config of a run's stage: a QModelConfig for T5, a CausalQModelConfig (adapter, LoRA,
+    share_prompt) for a causal LM."""
+    common = {"stage": stage, "init_value_from_phi": config.init_value_from_phi}
+    if not is_causal(run_dir, config):
+        return QModelConfig(**common)
+    return CausalQModelConfig(**common, adapter="none" if config.adapter == "none" else "lora",
+                              lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                              lora_targets=config.lora_targets, share_prompt=config.share_prompt)
+
+
+def new_q_model(run_dir, config, stage):
+    """A fresh Q-model for `stage` over the run's theta_ckpt."""
+    model_class = CausalQModel if is_causal(run_dir, config) else QModel
+    return model_class.from_checkpoint(load_ckpt(run_dir, config), q_model_config(run_dir, config, stage))
+
+
+def load_q_model(run_dir, config, stage):
+    """The Q-model the run's `stage` ("phi" or "theta") saved in RUN/<stage>; a causal one on theta_ckpt."""
+    directory = Path(run_dir) / stage
+    try:
+        if is_causal(run_dir, config):
+            return CausalQModel.from_pretrained(directory, load_ckpt(run_dir, config))
+        return QModel.from_pretrained(directory)
     except (OSError, ValueError) as error:
         raise TrainingError(str(error)) from None
 
@@ -379,9 +441,17 @@ def tokenizer_in(directory):
     if not directory.is_dir():
         raise TrainingError(f"{directory}: the checkpoint directory (--model, or the run's ckpt/) does not exist")
     try:
-        return AutoTokenizer.from_pretrained(directory)
+        # A generic tokenizer (bcoder's local one) loads as itself: AutoTokenizer would pick the model type's
+        # class from config.json (Qwen2Tokenizer for a qwen2 model), which re-tokenizes with its own rules.
+        saved = json.loads((directory / "tokenizer_config.json").read_text()) \
+            if (directory / "tokenizer_config.json").is_file() else {}
+        generic = saved.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
+        tokenizer = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(directory)
     except (OSError, ValueError) as error:
         raise TrainingError(f"{directory}: no tokenizer beside the model ({error})") from None
+    if tokenizer.pad_token is None:   # Llama-style tokenizers have none; every mask here is explicit
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def read_records(path):

@@ -18,11 +18,18 @@ class Encoded(NamedTuple):
     cut: int              # sequences longer than the cap, cut to it
 
 
-def encode(tokenizer, texts, max_tokens):
-    """Encoded (ids, mask, cut) of right-padded token sequences, each cut at max_tokens (EOS kept last)."""
+def encode(tokenizer, texts, max_tokens, program=False, causal=False):
+    """Encoded (ids, mask, cut) of right-padded token sequences, each cut at max_tokens (EOS kept last).
+
+    Programs for a causal model (program and causal True) are the text's tokens and EOS, without the
+    tokenizer's own special tokens (a BOS, say): they continue the prompt in one sequence, and EOS ends
+    the episode whatever the tokenizer adds. Everything else is encoded as the tokenizer does it."""
     rows, cut = [], 0
     for text in texts:
-        ids = tokenizer(text).input_ids
+        if program and causal:
+            ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        else:
+            ids = tokenizer(text).input_ids
         if len(ids) > max_tokens:
             ids, cut = ids[:max_tokens - 1] + [tokenizer.eos_token_id], cut + 1
         rows.append(ids)
@@ -61,9 +68,13 @@ def generate(policy_model, tokenizer, prompts, samples, temperature, config):
     """(programs, capped): `samples` programs per prompt (adjacent), decoded, and for each whether it
     stopped at config.max_new_tokens without its end token; temperature 0 means one greedy program.
 
-    policy_model is a T5ForConditionalGeneration: sampling from softmax(logits) samples the
-    B-Coder policy (docs/method.md#the-q-function), so Hugging Face `generate` serves as it is."""
+    policy_model is a T5ForConditionalGeneration or a causal LM (`policy_model` of a Q-model): sampling
+    from softmax(logits) samples the B-Coder policy (docs/method.md#the-q-function), so Hugging Face
+    `generate` serves as it is. A causal LM continues its left-padded prompts."""
     prompt_ids, prompt_mask, _ = encode(tokenizer, prompts, config.max_prompt_tokens)
+    causal = not policy_model.config.is_encoder_decoder
+    if causal:
+        prompt_ids, prompt_mask = left_pad(prompt_ids, prompt_mask, tokenizer.pad_token_id)
     device = next(policy_model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     if temperature == 0:
@@ -73,11 +84,23 @@ def generate(policy_model, tokenizer, prompts, samples, temperature, config):
                     "num_return_sequences": samples}
     policy_model.eval()
     with torch.no_grad():
+        if causal:  # the tokenizer's: a downloaded causal LM's generation config may name other ids
+            sampling.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         sequences = policy_model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                           max_new_tokens=config.max_new_tokens, **sampling)
-    tokens = sequences[:, 1:]  # without the start token
+    tokens = sequences[:, prompt_ids.shape[1] if causal else 1:]  # without the prompt (causal) or start token
     capped = (~(tokens == tokenizer.eos_token_id).any(dim=1) & (tokens.shape[1] >= config.max_new_tokens)).tolist()
     return tokenizer.batch_decode(tokens, skip_special_tokens=True), capped
+
+
+def left_pad(ids, mask, pad_token_id):
+    """Right-padded rows moved to end at the last column (padding on the left), as a causal LM continues them."""
+    mask = mask.bool()
+    pads = (~mask).sum(dim=1, keepdim=True)
+    columns = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    source = (columns - pads) % ids.shape[1]
+    left_mask = columns >= pads
+    return ids.gather(1, source).masked_fill(~left_mask, pad_token_id), left_mask
 
 
 def sample_pool(policy_model, tokenizer, prompts, size, temperature, config, cap=256):

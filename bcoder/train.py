@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration
 
 from bcoder import distributed as dist
 from bcoder.data.loading import load_split
@@ -48,13 +48,12 @@ from bcoder.data.tokenizer import tiny_tokenizer
 from bcoder.evaluate import evaluate_run
 from bcoder.fused_head import bellman_loss_from_hidden
 from bcoder.loss import bellman_loss
-from bcoder.model import QModel, QModelConfig
+from bcoder.causal import causal_lm_loss
 from bcoder.reference import capped_value
 from bcoder.replay import ReplayStore
 from bcoder.report import after_stage
 from bcoder.run import (CKPT_DIR, CHOICES, EXPECTED_ERRORS, NEEDS, PRESETS, REPLAY_FILE, STAGES, ArgumentParser,
-                        TrainConfig, TrainingError, ckpt_dir, config_dict, copy_replay, exit_with, load_ckpt,
-                        load_tokenizer, open_run, stage_done, validate)
+                        TrainConfig, TrainingError, ckpt_dir, config_dict, copy_replay, exit_with, load_ckpt, load_q_model, load_tokenizer, new_q_model, open_run, stage_done, validate)
 from bcoder.sampling import encode, fit_prompts, generate
 
 SAMPLE_CHUNK = 16                 # problems per sampling call (and per seed) in the sample stage
@@ -161,17 +160,33 @@ def global_weights(*counts):
 
 # ----- stages -----
 
+def sft_model(config, tokenizer):
+    """(theta_ckpt's architecture, its config) for sft: a T5 or a decoder-only model of the config's size."""
+    special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if config.architecture == "t5":
+        return T5ForConditionalGeneration, T5Config(
+            vocab_size=len(tokenizer), d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.heads,
+            num_layers=config.layers, num_heads=config.heads, dropout_rate=0.0, feed_forward_proj="relu",
+            decoder_start_token_id=tokenizer.pad_token_id, **special)
+    model_class, config_class = {"qwen2": (Qwen2ForCausalLM, Qwen2Config), "llama": (LlamaForCausalLM, LlamaConfig)}[
+        config.architecture]
+    return model_class, config_class(
+        vocab_size=len(tokenizer), hidden_size=config.d_model, intermediate_size=config.d_ff,
+        num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
+        max_position_embeddings=config.max_prompt_tokens + config.max_program_tokens, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, **special)
+
+
 def stage_sft(run):
-    """theta_ckpt from scratch: a tiny T5 with a local tokenizer, trained on the reference solutions."""
+    """theta_ckpt from scratch: a tiny T5 or decoder-only model with a local tokenizer, trained on the
+    reference solutions."""
     config = run.config
     train, _ = load_split(config)
     tokenizer = tiny_tokenizer(train)
-    t5_config = T5Config(
-        vocab_size=len(tokenizer), d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.heads,
-        num_layers=config.layers, num_heads=config.heads, dropout_rate=0.0, decoder_start_token_id=tokenizer.pad_token_id,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, feed_forward_proj="relu")
+    model_class, model_config = sft_model(config, tokenizer)
+    causal = not model_config.is_encoder_decoder
     torch.manual_seed(config.seed)
-    model = T5ForConditionalGeneration(t5_config).to(dist.device())
+    model = model_class(model_config).to(dist.device())
     rows = dist.batch_slice(config.sft_batch)  # this rank's rows of every global batch
     prompts, prompts_cut = fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)
     run.log({"stage": "sft", "problems": len(train), "prompts_cut": prompts_cut})
@@ -182,10 +197,14 @@ def stage_sft(run):
         start = step * config.sft_batch % len(pairs)
         batch = (order + order)[start:start + config.sft_batch][rows]
         prompt_ids, prompt_mask, _ = encode(tokenizer, [p for p, _ in batch], config.max_prompt_tokens)
-        labels, label_mask, programs_cut = encode(tokenizer, [s for _, s in batch], config.max_program_tokens)
+        labels, label_mask, programs_cut = encode(tokenizer, [s for _, s in batch], config.max_program_tokens,
+                                                  program=True, causal=causal)
         prompt_ids, prompt_mask, labels, label_mask = to_device(prompt_ids, prompt_mask, labels, label_mask)
-        loss = net(input_ids=prompt_ids, attention_mask=prompt_mask,
-                   labels=labels.masked_fill(~label_mask, -100)).loss
+        if causal:
+            loss = causal_lm_loss(net, prompt_ids, prompt_mask, labels, label_mask)
+        else:
+            loss = net(input_ids=prompt_ids, attention_mask=prompt_mask,
+                       labels=labels.masked_fill(~label_mask, -100)).loss
         tokens = int(label_mask.sum())
         weight, = global_weights(tokens)  # the mean over the global batch's tokens
         ce = dist.all_sum([loss.item() * tokens])[0] / dist.all_sum([tokens])[0]
@@ -193,7 +212,7 @@ def stage_sft(run):
 
     model = train_steps(run, "sft", model, parameters=lambda m: list(m.parameters()), steps=config.sft_steps,
                         lr=config.sft_lr, decay=True, step_fn=step_fn)
-    dist.save_pretrained_on_main(model, ckpt_dir(run.dir, config), lambda: T5ForConditionalGeneration(t5_config),
+    dist.save_pretrained_on_main(model, ckpt_dir(run.dir, config), lambda: model_class(model_config),
                                  also=[tokenizer])
 
 
@@ -264,12 +283,8 @@ def q_model_for(run, stage):
     config = run.config
     torch.manual_seed(config.seed)
     if stage == "theta" and config.init_value_from_phi:
-        model = QModel.from_pretrained(run.path("phi"))
-        model.set_stage("theta")
-    else:
-        model = QModel.from_checkpoint(load_ckpt(run.dir, config),
-                                       QModelConfig(stage=stage, init_value_from_phi=config.init_value_from_phi))
-    return model
+        return load_q_model(run.dir, config, "phi").set_stage("theta")
+    return new_q_model(run.dir, config, stage)
 
 
 def q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path="fused", **loss_args):
@@ -300,6 +315,7 @@ def stage_value(run, stage):
     tokenizer = load_tokenizer(run.dir, config)
     model = q_model_for(run, stage).to(dist.device())
     model.checkpoint_activations(config.gradient_checkpointing)
+    causal = getattr(model, "causal", False)
     train, _ = load_split(config)
     by_id = {p.task_id: p for p in train}
     prompts = dict(zip(by_id, fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)[0]))
@@ -314,7 +330,8 @@ def stage_value(run, stage):
     def step_fn(step, net):
         rows = store.by_ids(batches.ids_of(step)[mine])  # batches[step][mine], reading only this rank's rows
         prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
-        programs, mask, programs_cut = encode(tokenizer, [r.program for r in rows], config.max_program_tokens)
+        programs, mask, programs_cut = encode(tokenizer, [r.program for r in rows], config.max_program_tokens,
+                                              program=True, causal=causal)
         is_gt = torch.tensor([r.is_ground_truth for r in rows])
         rewards = torch.tensor([r.reward for r in rows])
         prompt_ids, prompt_mask, programs, mask, is_gt, rewards = to_device(
@@ -362,11 +379,12 @@ def pass_curve(config, stage, train, prompts, tokenizer, sandbox, build):
     is computed once). Rank 0 generates and runs the programs, from the whole model (under FSDP every
     rank gathers it to rank 0 first: build() makes the unsharded model that takes the state)."""
     subset = random.Random(f"{config.seed}/curve").sample(train, min(config.curve_problems, len(train)))
-    known = {}
+    known, measured = {}, []
 
     def curve(model):
-        if stage == "phi" and "train_pass@1" in known:
-            return known
+        if stage == "phi" and measured:   # on every rank: the others gather the model only when rank 0 measures
+            return dict(known)
+        measured.append(True)
         model = dist.unsharded_on_main(model, build)
         if model is None:
             return {}

@@ -188,3 +188,37 @@ def test_a_global_batch_must_split_over_the_processes(runs, tmp_path):
     out = copy(runs["phi"], tmp_path / "run")
     result = train(2, out, "--resume", "--stage", "theta", "--theta-batch", "7", ok=False)
     assert result.returncode != 0 and "--theta-batch 7 is the global batch" in result.stderr
+
+
+def test_the_causal_q_model_trains_under_fsdp_as_in_one_process(tmp_path):
+    """smoke-causal (LoRA adapters on one shared base, called once per policy in a step) through phi in one
+    process, with Figure 1's curve every 3 steps (rank 0 measures, the others gather once per point); its
+    theta stage under FSDP in 2 processes gives the adapters and heads of one process."""
+    causal = ("--preset", "smoke-causal", "--sft-steps", "8", "--theta-steps", "4", "--checkpoint-every", "2")
+
+    def run(processes, out, *args):
+        launcher = [sys.executable, "-m", "bcoder.train"] if processes == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+             "-m", "bcoder.train"]
+        result = subprocess.run([*launcher, *causal, "--out", str(out), *args], cwd=REPO, env=ENV,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    base = tmp_path / "base"
+    for stage in ("sft", "sample"):
+        run(1, base, "--resume", "--stage", stage)
+    sharded = copy(base, tmp_path / "sharded")
+    run(2, sharded, "--resume", "--stage", "phi", "--fsdp")
+    curve = [m["step"] for m in map(json.loads, (sharded / "metrics.jsonl").read_text().splitlines())
+             if m.get("stage") == "phi" and "train_pass@1" in m]
+    assert curve == [0, 3, 6]
+    run(1, base, "--resume", "--stage", "phi")
+    shutil.rmtree(sharded / "phi")
+    shutil.copytree(base / "phi", sharded / "phi")   # theta starts from the same phi in both
+    run(1, base, "--resume", "--stage", "theta")
+    run(2, sharded, "--resume", "--stage", "theta", "--fsdp")
+    for name in ("theta/theta/adapter_model.safetensors", "theta/value_heads.safetensors"):
+        expected, got = load_file(base / name), load_file(sharded / name)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")

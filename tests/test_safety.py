@@ -277,7 +277,8 @@ def test_bcoder_writes_its_results_only_through_the_atomic_helpers():
                     and "write_atomic" not in line and '"r' not in line and "'r" not in line \
                     and "opener(" not in line and 'METRICS_FILE, "a")' not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
-    allowed = {"bcoder/model.py"}              # QModel.save_pretrained: into a directory replaced whole
+    # QModel / CausalQModel.save_pretrained: into a directory that is replaced whole
+    allowed = {"bcoder/model.py", "bcoder/causal.py"}
     assert [o for o in offenders if o.split(":")[0] not in allowed] == []
 
 

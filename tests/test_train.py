@@ -176,11 +176,11 @@ def test_phi_stage_lowers_td_error_on_fixed_data(smoke_run):
 
 
 def test_bad_inputs_end_with_clear_messages(tmp_path, capsys):
-    not_t5 = tmp_path / "gpt"
+    not_t5 = tmp_path / "vit"   # neither a T5 nor a causal LM
     not_t5.mkdir()
-    (not_t5 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    (not_t5 / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTModel"]}))
     result = train("--out", str(tmp_path / "a"), "--model", str(not_t5), "--stage", "sample")
-    assert result.returncode != 0 and "gpt2" in result.stderr
+    assert result.returncode == 2 and "'vit' model" in result.stderr and "decoder-only" in result.stderr
     result = train("--out", str(tmp_path / "b"), "--model", str(tmp_path / "missing"), "--stage", "sample")
     assert result.returncode == 2 and f"--model {tmp_path / 'missing'}: no such directory" in result.stderr
 
