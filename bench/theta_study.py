@@ -27,7 +27,9 @@ def train(base, out, seed, flags):
     command = [sys.executable, "-m", "bcoder.train", "--preset", "tiny", "--model", str(base / "ckpt"),
                "--replay", str(base / "replay.db"), "--seed", str(seed), "--curve-every", "0", "--out", str(out),
                *flags]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
 def measures(run):

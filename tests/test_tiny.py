@@ -123,3 +123,18 @@ def test_tokenizer_gives_every_program_back_and_fits_the_budget(problems, tmp_pa
 def test_asking_for_more_problems_than_exist_is_an_error():
     with pytest.raises(ValueError, match="distinct test problems"):
         make_tiny_problems(n_train=10, n_test=1000, test_fraction=0.005)     # 3 held-out compositions
+
+
+def test_the_training_seed_leaves_the_tiny_data_alone():
+    """--seed varies training only (so runs over seeds share one sft checkpoint and replay store);
+    --data-seed makes another task."""
+    import dataclasses
+
+    from bcoder.data.loading import load_split
+    from bcoder.run import PRESETS
+
+    config = PRESETS["smoke"]
+    task_ids = lambda c: [p.task_id for split in load_split(c) for p in split]
+    solutions = lambda c: [p.solutions for split in load_split(c) for p in split]
+    assert solutions(dataclasses.replace(config, seed=7)) == solutions(config)
+    assert task_ids(dataclasses.replace(config, data_seed=1)) != task_ids(config)

@@ -14,7 +14,7 @@ MBPP_TRAIN, MBPP_TEST = range(601, 975), range(11, 511)   # the standard split (
 
 def load_split(config):
     """(train, held-out) problems of a run: config.data names the training problems ("tiny", made from
-    config.seed, n_train and n_test; "mbpp:PATH", its train tasks 601-974; "apps:PATH", every problem
+    config.data_seed, n_train and n_test; "mbpp:PATH", its train tasks 601-974; "apps:PATH", every problem
     there: APPS's train split), config.eval_data the held-out ones ("mbpp:PATH", its test tasks 11-510;
     "apps:PATH", every problem there: APPS's test split). Without eval_data they come from --data:
     tiny's test set, MBPP's test tasks, or for APPS an id-sorted fifth held out of the given problems
@@ -22,7 +22,7 @@ def load_split(config):
     if config.data == "tiny":
         if config.eval_data:
             raise DataError("--eval-data goes with --data mbpp:PATH or apps:PATH, not the tiny set")
-        return make_tiny_problems(seed=config.seed, n_train=config.n_train, n_test=config.n_test)
+        return make_tiny_problems(seed=config.data_seed, n_train=config.n_train, n_test=config.n_test)
     kind, path = _spec(config.data, "--data")
     train = load_mbpp(path) if kind == "mbpp" else load_apps(path)
     if config.eval_data:
@@ -47,7 +47,7 @@ def load_split(config):
 def split_description(config):
     """In words: where a run's training and held-out problems come from."""
     if config.data == "tiny":
-        return f"the tiny set (seed {config.seed}): {config.n_train} training and {config.n_test} held-out problems"
+        return f"the tiny set (seed {config.data_seed}): {config.n_train} training and {config.n_test} held-out problems"
     kind, path = _spec(config.data, "--data")
     if config.eval_data:
         eval_kind, eval_path = _spec(config.eval_data, "--eval-data")
