@@ -69,7 +69,7 @@ class Scorer:
         length (less padding); padding does not change a row's scores."""
         if len(prompts) != len(programs):
             raise ValueError(f"{len(prompts)} prompts for {len(programs)} programs")
-        causal = getattr(self.model, "causal", False)
+        causal = self.model.causal
         lengths = [len(self.tokenizer(p).input_ids) for p in programs]
         order = sorted(range(len(programs)), key=lambda i: (lengths[i], prompts[i]))
         scores = [None] * len(programs)

@@ -315,7 +315,7 @@ def stage_value(run, stage):
     tokenizer = load_tokenizer(run.dir, config)
     model = q_model_for(run, stage).to(dist.device())
     model.checkpoint_activations(config.gradient_checkpointing)
-    causal = getattr(model, "causal", False)
+    causal = model.causal
     train, _ = load_split(config)
     by_id = {p.task_id: p for p in train}
     prompts = dict(zip(by_id, fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)[0]))

@@ -36,7 +36,7 @@ def entropy(logits, temperature):
 
 
 def teacher_forced(model, tokenizer, prompts, programs, config):
-    causal = getattr(model, "causal", False)
+    causal = model.causal
     prompt_ids, prompt_mask, _ = encode(tokenizer, prompts, config.max_prompt_tokens)
     actions, mask, _ = encode(tokenizer, programs, config.max_program_tokens, program=True, causal=causal)
     with torch.no_grad():
@@ -72,13 +72,12 @@ def gradient_measures(config, model, tokenizer, store, prompts, batches):
     """Per loss term and token group: mean gradient norm on theta's logits and the entropy change."""
     totals = defaultdict(float)
     groups = defaultdict(int)
+    schedule = store.batches(config.theta_batch, config.rho_real, seed=config.seed, problem_ids=list(prompts))
     for step in range(batches):
-        rows = store.by_ids(store.batches(config.theta_batch, config.rho_real, seed=config.seed,
-                                          problem_ids=list(prompts)).ids_of(step))
+        rows = store.by_ids(schedule.ids_of(step))
         prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
-        causal = getattr(model, "causal", False)
         actions, mask, _ = encode(tokenizer, [r.program for r in rows], config.max_program_tokens, program=True,
-                                  causal=causal)
+                                  causal=model.causal)
         mask = mask.bool()
         is_gt = torch.tensor([r.is_ground_truth for r in rows])
         rewards = torch.tensor([r.reward for r in rows], dtype=torch.float64)
