@@ -38,10 +38,19 @@ setup(
     version="0.1.0",
     description="Value-based deep RL for program synthesis (B-Coder): fused Bellman loss, sandbox, training",
     python_requires=">=3.10",
+    # bcoder/kernels links to the top-level kernels/ (the Triton sources), a folder without __init__.py:
+    # from the checkout's root, `import kernels` must find the installed `kernels` distribution.
     packages=["bcoder", "bcoder.sandbox", "bcoder.data", "bcoder.kernels"],
-    package_dir={"bcoder.kernels": "kernels"},
+    package_data={"bcoder.data": ["files/*"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
-    install_requires=["torch>=2.4", "numpy", "tqdm", "transformers>=5.0", "peft>=0.17", "safetensors>=0.4", "matplotlib", "scipy"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest", "triton"]},
+    # Lower bounds: the first releases with the APIs used (torch 2.6: public FSDP2 `fully_shard` and
+    # torch.library.triton_op; transformers 5: transformers.initialization; peft 0.17). No upper bounds:
+    # no newer major release is known to break. The versions CI tested are pinned in constraints.txt.
+    install_requires=["torch>=2.6", "numpy>=1.24", "tqdm", "transformers>=5.0", "peft>=0.17", "safetensors>=0.4",
+                      "matplotlib", "scipy"],
+    extras_require={
+        "fetch": ["huggingface_hub>=0.23", "pyarrow>=14"],   # python -m bcoder.data fetch
+        "test": ["pytest", "pytest-benchmark", "expecttest", "triton", "pyarrow>=14"],
+    },
 )

@@ -18,9 +18,6 @@ from bcoder.data.problems import default_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(),
-                                reason=f"data sets not found in {DATA} (set BCODER_DATA_DIR)")
-pytestmark = needs_data
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]   # CodeT5's ids: pad 0, <s> 1, </s> 2, unk 3, mask 4
 MBPP_TASKS = set(range(11, 19)) | set(range(601, 617))          # 8 test tasks (11-510), 16 train tasks (601-974)

@@ -1,22 +1,26 @@
 """The loaders, the prompts, and every reference solution through the sandbox: all pass, mutations fail."""
 import ast
 import gzip
+import hashlib
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
+
+import bcoder.data
 
 from bcoder.data.apps import load_apps
 from bcoder.data.humaneval import load_humaneval
 from bcoder.data.mbpp import load_mbpp, mbpp_test
-from bcoder.data.problems import DataError, Problem, default_data_dir
+from bcoder.data.problems import (PACKAGED_DATA_DIR, DataError, Problem, default_data_dir, recorded_checksums,
+                                  verify_checksum)
 from bcoder.data.prompt import MBPP_INSTRUCTION, prompt_parts, prompt_text
 from bcoder.sampling import fit_prompt, fit_prompts
 from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
 
 DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(),
-                                reason=f"data sets not found in {DATA} (set BCODER_DATA_DIR)")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,6 @@ def mutate(program):
     return program.replace("return ", "return None and ")
 
 
-@needs_data
 def test_all_mbpp_references_pass_and_mutations_fail(sandbox):
     problems = load_mbpp(DATA / "mbpp.jsonl")
     assert len(problems) == 974
@@ -46,7 +49,6 @@ def test_all_mbpp_references_pass_and_mutations_fail(sandbox):
     assert not any(r.passed for r in results)
 
 
-@needs_data
 def test_all_humaneval_references_pass_and_mutations_fail(sandbox):
     problems = load_humaneval(DATA / "HumanEval.jsonl.gz")
     assert len(problems) == 164
@@ -56,7 +58,6 @@ def test_all_humaneval_references_pass_and_mutations_fail(sandbox):
     assert not any(r.passed for r in results)
 
 
-@needs_data
 def test_all_apps_references_pass_and_mutations_fail(sandbox):
     problems = load_apps(DATA / "apps_train_coderl5.jsonl")
     assert sum(len(p.solutions) for p in problems) == 101
@@ -66,7 +67,6 @@ def test_all_apps_references_pass_and_mutations_fail(sandbox):
     assert not any(r.passed for r in results)
 
 
-@needs_data
 def test_example_and_hidden_tests_are_kept_apart():
     mbpp = load_mbpp(DATA / "mbpp.jsonl")[0]          # its prompt shows all three asserts
     assert len(mbpp.example_tests.cases) == 3 and len(mbpp.hidden_tests.cases) == 0
@@ -137,7 +137,6 @@ def test_malformed_apps_and_humaneval_records(tmp_path):
         load_humaneval(humaneval)
 
 
-@needs_data
 def test_mbpp_prompts_show_the_text_and_the_tests_in_the_zero_shot_format():
     problems = {p.task_id: p for p in load_mbpp(DATA / "mbpp.jsonl")}
     for problem in problems.values():
@@ -155,7 +154,6 @@ def test_mbpp_prompts_show_the_text_and_the_tests_in_the_zero_shot_format():
     assert all(len(p.example_tests.cases) == len(p.shown_tests) and not p.hidden_tests.cases for p in problems.values())
 
 
-@needs_data
 def test_apps_prompts_follow_hendrycks():
     for problem in load_apps(DATA / "apps_train_coderl5.jsonl"):
         text = prompt_text(problem)
@@ -183,3 +181,35 @@ def test_a_long_prompt_loses_its_question_never_its_tail():
     assert fit_prompt(CharTokenizer(), problem, 1000) == (head + question + tail, False)
     texts, count = fit_prompts(CharTokenizer(), [problem, Problem("2", "short", UnitTests(), UnitTests())], 100)
     assert count == 1 and texts[1].endswith("\nUse Standard Input format\nANSWER:\n")
+
+
+def test_the_shipped_data_sets_are_in_the_package_and_match_their_checksums(monkeypatch):
+    monkeypatch.delenv("BCODER_DATA_DIR", raising=False)
+    assert default_data_dir() == PACKAGED_DATA_DIR == Path(bcoder.data.__file__).parent / "files"
+    recorded = recorded_checksums(PACKAGED_DATA_DIR)
+    shipped = {p.name for p in PACKAGED_DATA_DIR.iterdir()} - {"README.md", "SHA256SUMS"}
+    assert set(recorded) == shipped == {"mbpp.jsonl", "sanitized-mbpp.json", "HumanEval.jsonl.gz",
+                                        "apps_train_coderl5.jsonl", "apps_train_stdin49_mapcoder.jsonl"}
+    for name, digest in recorded.items():
+        assert hashlib.sha256((PACKAGED_DATA_DIR / name).read_bytes()).hexdigest() == digest, name
+        verify_checksum(PACKAGED_DATA_DIR / name)
+
+
+def test_bcoder_data_dir_overrides_the_shipped_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("BCODER_DATA_DIR", str(tmp_path))
+    assert default_data_dir() == tmp_path
+
+
+def test_a_changed_data_file_is_refused_on_load(tmp_path):
+    for name in ("mbpp.jsonl", "SHA256SUMS"):
+        shutil.copy(PACKAGED_DATA_DIR / name, tmp_path / name)
+    assert len(load_mbpp(tmp_path / "mbpp.jsonl")) == 974
+    lines = (tmp_path / "mbpp.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "mbpp.jsonl").write_text("".join(lines[:-1]))             # one problem lost
+    with pytest.raises(DataError, match=r"mbpp\.jsonl: SHA-256 [0-9a-f]{64} differs from ccf64cea"):
+        load_mbpp(tmp_path / "mbpp.jsonl")
+    (tmp_path / "SHA256SUMS").write_text("not a checksum line\n")
+    with pytest.raises(DataError, match=r"SHA256SUMS:1: expected"):
+        load_mbpp(tmp_path / "mbpp.jsonl")
+    (tmp_path / "SHA256SUMS").unlink()                                      # a folder without checksums: read as is
+    assert len(load_mbpp(tmp_path / "mbpp.jsonl")) == 973

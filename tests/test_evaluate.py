@@ -15,8 +15,6 @@ from bcoder.protocols import pass_at_k
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(),
-                                reason=f"data sets not found in {DATA} (set BCODER_DATA_DIR)")
 
 
 def write_jsonl(path, records):
@@ -33,7 +31,6 @@ def test_pass_at_k_matches_the_closed_form():
     assert pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
 
 
-@needs_data
 def test_cli_on_humaneval_completions(tmp_path):
     problem = json.loads(gzip.open(DATA / "HumanEval.jsonl.gz", "rt").readline())
     samples = write_jsonl(tmp_path / "samples.jsonl", [
@@ -54,7 +51,6 @@ def test_cli_on_humaneval_completions(tmp_path):
     assert "pass@5" not in summary                      # fewer than 5 samples per task
 
 
-@needs_data
 def test_cli_on_mbpp_and_apps(tmp_path, capsys):
     mbpp = json.loads((DATA / "mbpp.jsonl").read_text().splitlines()[1])
     samples = write_jsonl(tmp_path / "mbpp.jsonl", [{"task_id": mbpp["task_id"], "program": mbpp["code"]}])
@@ -72,7 +68,6 @@ def test_cli_on_mbpp_and_apps(tmp_path, capsys):
     assert [r["outcome"] for r in rows] == ["passed", "failed"]
 
 
-@needs_data
 @pytest.mark.parametrize("lines, error", [
     (['{"task_id": "HumanEval/0", "completion": "x"}', '{"task_id": "HumanEval/999", "completion": "x"}'],
      r"samples\.jsonl:2: field 'task_id': unknown task id 'HumanEval/999'"),

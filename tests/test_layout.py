@@ -1,10 +1,15 @@
 """The repository's shape: imports only go down, the few function-local imports are the documented ones,
-no file points outside the repository, every docs/method.md link lands on a heading, and the README's
-layout section is the tree."""
+no file points outside the repository, no top-level folder shadows an installed distribution, every
+docs/method.md link lands on a heading, and the README's layout section is the tree."""
 import ast
+import importlib.metadata
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Function-local imports, each for a reason stated where it stands.
@@ -17,7 +22,7 @@ LOCAL_IMPORTS = {
     ("bcoder/ops.py", "bcoder.kernels"),              # Triton is an optional dependency
     ("bcoder/causal.py", "peft"),                     # 2 s to import; only LoRA Q-models need it
 }
-OUTSIDE = re.compile(r"\bSPEC\b|SPEC\.md|DESIGN\.md|\.\./shared|/work/")
+OUTSIDE = re.compile(r"\bSPEC\b|SPEC\.md|DESIGN\.md|\.\./shared|/work/|\.\./\.\.")
 
 
 def tracked_files():
@@ -92,15 +97,75 @@ def test_function_local_imports_are_the_documented_ones():
     assert local == LOCAL_IMPORTS
 
 
+def climbs_out(path, line):
+    """Whether a line of `path` climbs above the repository's root from the file's own place:
+    `Path(__file__).parents[N]` or `.parent` chains that go past it."""
+    depth = len(path.relative_to(REPO).parts)  # parents[depth - 1] is the root
+    if any(int(n) >= depth for n in re.findall(r"\bparents\[(\d+)\]", line)):
+        return True
+    return any(len(chain) // len(".parent") > depth for chain in re.findall(r"(?:\.parent\b)+", line))
+
+
 def test_no_file_points_outside_the_repository():
     offenders = []
     for path in tracked_files():
         if path.suffix in (".png", ".so", ".whl", ".gz") or path == Path(__file__):
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if OUTSIDE.search(line):
+            if OUTSIDE.search(line) or climbs_out(path, line):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:100]}")
     assert offenders == []
+
+
+def test_the_outside_check_catches_a_climb_past_the_root():
+    inside, outside = REPO / "bcoder" / "data" / "problems.py", REPO / "tests" / "x.py"
+    assert climbs_out(inside, 'Path(__file__).resolve().parents[3] / "shared" / "data"')
+    assert climbs_out(outside, "Path(__file__).parent.parent.parent")
+    assert not climbs_out(inside, "Path(__file__).resolve().parents[2]")       # the root itself
+    assert not climbs_out(outside, "Path(__file__).resolve().parent.parent")
+    assert OUTSIDE.search('open("../../data/mbpp.jsonl")')
+
+
+def top_level_folders():
+    """The repository's own top-level folders (tracked files), which the checkout's root puts on sys.path
+    for `python -m` and pytest."""
+    return sorted({path.relative_to(REPO).parts[0] for path in tracked_files()
+                   if len(path.relative_to(REPO).parts) > 1 and not path.relative_to(REPO).parts[0].startswith(".")})
+
+
+def test_no_top_level_folder_but_the_package_is_a_regular_package():
+    """A folder without __init__.py is at most a namespace portion, and any installed package of the same
+    name comes before it, wherever the root stands on sys.path (kernels/ holds the Triton sources of
+    bcoder.kernels through the bcoder/kernels link)."""
+    assert top_level_folders() and "kernels" in top_level_folders()
+    assert [name for name in top_level_folders() if (REPO / name / "__init__.py").exists()] == ["bcoder"]
+
+
+def test_no_top_level_folder_shadows_an_installed_distribution():
+    """From the root (cwd first on sys.path), each top-level name that an installed distribution other than
+    bcoder provides resolves to that distribution, not to the repository's folder."""
+    provided = {name: dists for name, dists in importlib.metadata.packages_distributions().items()
+                if set(dists) != {"bcoder"}}
+    names = [name for name in top_level_folders() if name in provided]
+    assert "kernels" in names, "the kernels distribution (a dependency of transformers) is not installed"
+    probe = ("import importlib.util, json, sys; print(json.dumps({n: [str(p) for p in "
+             "(importlib.util.find_spec(n).submodule_search_locations or [importlib.util.find_spec(n).origin])] "
+             "for n in sys.argv[1:]}))")
+    found = json.loads(subprocess.run([sys.executable, "-c", probe, *names], cwd=REPO, capture_output=True,
+                                      text=True, check=True).stdout)
+    shadowed = {name: paths for name, paths in found.items()
+                if any(Path(p).resolve().is_relative_to(REPO / name) for p in paths)}
+    assert shadowed == {}
+
+
+@pytest.mark.parametrize("command", [["-c", "import transformers.integrations.hub_kernels, kernels; "
+                                             "assert kernels.CUDAProperties"],
+                                     ["-m", "bcoder.train", "--help"]])
+def test_transformers_and_the_cli_work_from_the_checkouts_root(command):
+    """transformers imports the `kernels` distribution; from the root it must not find kernels/."""
+    importlib.metadata.distribution("kernels")
+    done = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def anchor(heading):

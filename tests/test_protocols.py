@@ -166,7 +166,6 @@ def test_cli_judges_another_generators_programs(run_dir, tmp_path):
     assert [r["outcome"] for r in rows] == ["passed", "compile_error"] * 2
 
 
-@pytest.mark.skipif(not (default_data_dir() / "apps_train_coderl5.jsonl").exists(), reason="data sets not found")
 def test_samples_are_judged_on_all_their_tests(run_dir, tmp_path):
     """An APPS problem whose tests are all shown in its question has no hidden test: a program that
     does nothing must not pass it (it did when only hidden tests judged)."""

@@ -368,10 +368,8 @@ def test_nothing_persists_from_one_program_to_the_next():
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].message
 
 
-needs_data = pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(), reason=f"data sets not found in {DATA}")
 
 
-@needs_data
 @pytest.mark.parametrize("fmt, problems, task_id, entry_point, cheats", [
     # right to one decimal (so the exact first assert passes), the abs() asserts faked
     ("humaneval", "HumanEval.jsonl.gz", "HumanEval/2", "truncate_number",

@@ -201,7 +201,6 @@ def test_report_writes_only_into_a_run_and_reads_what_a_kill_left(tmp_path, run_
     assert result.returncode == 2 and "eval.json: not valid JSON" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(not (DATA / "mbpp.jsonl").exists(), reason=f"data sets not found in {DATA}")
 def test_a_non_integer_mbpp_task_id_names_the_line(tmp_path):
     record = json.loads((DATA / "mbpp.jsonl").read_text().splitlines()[0])
     path = tmp_path / "mbpp.jsonl"

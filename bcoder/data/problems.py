@@ -1,7 +1,10 @@
-"""The problem record shared by the MBPP, HumanEval and APPS loaders, and JSONL reading."""
+"""The problem record shared by the MBPP, HumanEval and APPS loaders, JSONL reading, and where the
+data sets are (the ones the package ships, checked against their SHA-256 on every read)."""
 import gzip
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +39,48 @@ class Problem:
         return completion
 
 
+PACKAGED_DATA_DIR = Path(__file__).resolve().parent / "files"
+CHECKSUMS = "SHA256SUMS"
+
+
+def default_data_dir():
+    """$BCODER_DATA_DIR, else the data sets shipped in the package (bcoder/data/files)."""
+    return Path(os.environ.get("BCODER_DATA_DIR") or PACKAGED_DATA_DIR)
+
+
+def recorded_checksums(folder):
+    """{file name: SHA-256} of the SHA256SUMS file in `folder` (`sha256sum`'s format), {} if it has none."""
+    sums = Path(folder) / CHECKSUMS
+    if not sums.is_file():
+        return {}
+    recorded = {}
+    for number, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        entry = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
+        if entry is None:
+            raise DataError(f"{sums}:{number}: expected '<64 hex digits>  <file name>', got {line[:100]!r}")
+        recorded[entry[2]] = entry[1]
+    return recorded
+
+
+def verify_checksum(path):
+    """Raises DataError when a SHA256SUMS beside `path` records another hash for it: a data file
+    changed since it was recorded (truncated, edited, or another release) would change every result
+    computed from it without a word."""
+    path = Path(path)
+    expected = recorded_checksums(path.parent).get(path.name)
+    if expected is None:
+        return
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise DataError(f"{path}: SHA-256 {actual} differs from {expected} recorded in {path.parent / CHECKSUMS}: "
+                        f"the file changed since it was recorded (restore it, or fetch it again)")
+
+
 def read_jsonl(path):
-    """Yields (line number, object) of a JSONL file (gzip if it ends in .gz)."""
+    """Yields (line number, object) of a JSONL file (gzip if it ends in .gz), after verify_checksum."""
+    verify_checksum(path)
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -60,8 +103,3 @@ def require(record, name, kind, where):
         raise DataError(f"{where}: field {name!r} should be {getattr(kind, '__name__', kind)}, "
                         f"got {type(record[name]).__name__}")
     return record[name]
-
-
-def default_data_dir():
-    """$BCODER_DATA_DIR, else shared/data beside the repository checkout."""
-    return Path(os.environ.get("BCODER_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data")
