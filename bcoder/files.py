@@ -13,13 +13,14 @@ from pathlib import Path
 
 
 def write_atomic(path, data):
-    """Writes `data` (str or bytes) to `path`: a temporary file in the same directory, flushed to disk,
-    then renamed over `path` (rename is atomic on POSIX)."""
+    """Writes `data` (str, bytes, or an iterable of them, streamed) to `path`: a temporary file in the
+    same directory, flushed to disk, then renamed over `path` (rename is atomic on POSIX)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            for chunk in [data] if isinstance(data, (str, bytes)) else data:
+                f.write(chunk.encode() if isinstance(chunk, str) else chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)

@@ -21,6 +21,8 @@ LOCAL_IMPORTS = {
     ("bcoder/sandbox/program.py", "ast"),
     ("bcoder/ops.py", "bcoder.kernels"),              # Triton is an optional dependency
     ("bcoder/causal.py", "peft"),                     # 2 s to import; only LoRA Q-models need it
+    ("bcoder/data/fetch.py", "huggingface_hub"),      # only fetching needs the hub and parquet
+    ("bcoder/data/fetch.py", "pyarrow"),
 }
 OUTSIDE = re.compile(r"\bSPEC\b|SPEC\.md|DESIGN\.md|\.\./shared|/work/|\.\./\.\.")
 

@@ -20,10 +20,10 @@ interrupted ones. huggingface_hub and pyarrow are imported on first use.
 import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from bcoder.data.problems import CHECKSUMS, read_jsonl, recorded_checksums
+from bcoder.files import write_atomic
 
 DATASETS = ("mbpp", "humaneval", "apps")
 MBPP_REPO = "google-research-datasets/mbpp"
@@ -95,19 +95,6 @@ def pick(row, fields, where):
     return {name: row[name] for name in fields}
 
 
-def write(path, chunks):
-    """Writes the byte strings `chunks` to `path` through a temporary file beside it, so that a
-    failed or interrupted run leaves the previous file whole."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            for chunk in chunks:
-                file.write(chunk)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -121,7 +108,7 @@ def record_checksums(out, names):
     keeping the entries of other files."""
     sums = recorded_checksums(out)
     sums.update({name: sha256(out / name) for name in names})
-    write(out / CHECKSUMS, ["".join(f"{sums[name]}  {name}\n" for name in sorted(sums)).encode()])
+    write_atomic(out / CHECKSUMS, "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)))
 
 
 def fetch_mbpp(out, revision):
@@ -140,8 +127,8 @@ def fetch_mbpp(out, revision):
         return sorted(rows, key=lambda row: row["task_id"])
 
     full, sanitized = problems("full", MBPP_FIELDS), problems("sanitized", SANITIZED_FIELDS)
-    write(out / "mbpp.jsonl", [(json.dumps(row) + "\n").encode() for row in full])
-    write(out / "sanitized-mbpp.json", [json.dumps(sanitized).encode()])
+    write_atomic(out / "mbpp.jsonl", (json.dumps(row) + "\n" for row in full))
+    write_atomic(out / "sanitized-mbpp.json", json.dumps(sanitized))
     print(f"mbpp: {len(full)} problems, {len(sanitized)} sanitized")
     return ["mbpp.jsonl", "sanitized-mbpp.json"]
 
@@ -154,7 +141,7 @@ def fetch_humaneval(out, revision):
     rows.sort(key=lambda row: int(row["task_id"].rpartition("/")[2]))       # "HumanEval/12"
     text = "".join(json.dumps(row) + "\n" for row in rows)
     # mtime 0 and no file name in the header: the same problems give the same bytes, and checksum.
-    write(out / "HumanEval.jsonl.gz", [gzip.compress(text.encode(), mtime=0)])
+    write_atomic(out / "HumanEval.jsonl.gz", gzip.compress(text.encode(), mtime=0))
     print(f"humaneval: {len(rows)} problems")
     return ["HumanEval.jsonl.gz"]
 
@@ -189,7 +176,7 @@ def fetch_apps(out, revision):
         source = download(APPS_REPO, f"{split}.jsonl", revision)
         counts = {"written": 0, "left out": 0}
         names.append(f"apps_{split}.jsonl")
-        write(out / names[-1], apps_lines(source, split, counts))   # streamed: the hub's files are large
+        write_atomic(out / names[-1], apps_lines(source, split, counts))   # streamed: the hub's files are large
         print(f"apps {split}: {counts['written']} problems; left out {counts['left out']} without tests")
     return names
 
