@@ -24,6 +24,9 @@ def cpu_vector_flags():
 cpu_sources = ["csrc/ops.cpp", "csrc/bellman_cpu.cpp"]
 cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_vector_flags()
 if torch.version.cuda is not None and CUDA_HOME is not None:
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # No GPU to read the architecture from (a build machine): the ones CMakeLists.txt targets.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     extension = CUDAExtension(
         "bcoder._C",
         cpu_sources + ["csrc/bellman_cuda.cu", "csrc/bellman_cuda_binding.cpp"],
