@@ -5,7 +5,8 @@ asserts exec'd in one process, as human-eval-style harnesses do), so the cheat i
 pass the sandbox, where the tests run in a judge process the program never reaches. Each honest twin
 (the right answer, by the same means where they are legitimate) must pass the sandbox. Protocol forgeries
 (answers written ahead, a patched harness, stdout tricks) must not pass either. Cheats that need the
-machine's isolation (the file system, /proc, other processes, persistence) run as root, as CI does.
+machine's isolation (the file system, /proc, other processes, persistence) hold as root and as any other
+user (tests/test_sandbox_unprivileged.py runs this suite as nobody).
 """
 import json
 import os
@@ -22,7 +23,6 @@ from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTe
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = default_data_dir()
-ROOT = os.geteuid() == 0
 
 SUITES = {
     # HumanEval-style checks, each what some cheat goes after
@@ -58,7 +58,8 @@ CONSTANT_SUITES = ["check_constants", "mbpp", "apps_call"]
 def tests_on_disk():
     """What a data set on disk holds, the tests with their answers, in the checkout: where a program
     could look for it."""
-    directory = Path(tempfile.mkdtemp(prefix="bcoder-secrets-", dir=REPO / "tests"))
+    directory = Path(tempfile.mkdtemp(prefix="bcoder-secrets-", dir=REPO / "tests" if os.access(REPO / "tests", os.W_OK)
+                                      else None))     # (the suite run as a user who may not write to the checkout)
     (directory / "tests.jsonl").write_text(json.dumps({"tests": ["assert square(3) == 9", "assert square(12) == 144",
                                                                  "assert square(7) == 49"],
                                                        "stdio": {"7": "49", "12": "144"}}) + "\n")
@@ -309,8 +310,8 @@ def _cases(table):
 
 @pytest.fixture(scope="module")
 def results():
-    tables = {**ATTACKS, **FORGERIES, **HONEST, **(ISOLATION_ATTACKS if ROOT else {})}
-    keys = [key for table in (ATTACKS, FORGERIES, HONEST, ISOLATION_ATTACKS if ROOT else {}) for key in _cases(table)]
+    tables = {**ATTACKS, **FORGERIES, **HONEST, **ISOLATION_ATTACKS}
+    keys = [key for table in (ATTACKS, FORGERIES, HONEST, ISOLATION_ATTACKS) for key in _cases(table)]
     with Sandbox(SandboxConfig(timeout=5), workers=2) as box:
         out = box.run([tables[name][0] for name, _ in keys], [SUITES[suite] for _, suite in keys])
     yield dict(zip(keys, out))
@@ -328,7 +329,6 @@ def test_the_cheat_does_not_pass(results, name, suite):
     assert result.outcome != "passed", (result.tests, result.stdout[-300:])
 
 
-@pytest.mark.skipif(not ROOT, reason="without root a program can read the user's files, the tests among them")
 @pytest.mark.parametrize("name, suite", _cases(ISOLATION_ATTACKS))
 def test_the_isolation_cheat_does_not_pass(results, name, suite):
     result = results[(name, suite)]
@@ -342,7 +342,7 @@ def test_the_honest_twin_passes(results, name, suite):
 
 
 def test_the_judge_holds_without_isolation():
-    """Without root (no namespaces, no uid of its own) the program still never reaches the tests."""
+    """Unisolated (no namespaces, no uid of its own) the program still never reaches the tests."""
     keys = _cases(ATTACKS)
     with Sandbox(SandboxConfig(timeout=5, isolate=False), workers=2) as box:
         out = box.run([ATTACKS[name][0] for name, _ in keys], [SUITES[suite] for _, suite in keys])
@@ -354,15 +354,16 @@ def test_an_exception_of_the_program_is_an_error_of_its_type(results):
     assert (result.outcome, result.tests[0].status, result.error_type) == ("runtime_error", "error", "StopIteration")
 
 
-@pytest.mark.skipif(not ROOT, reason="the namespaces and scratch directories under test need root")
 def test_nothing_persists_from_one_program_to_the_next():
     leave = ("import os, ctypes\nfor d in ('/tmp', '/var/tmp', '/dev/shm', os.getcwd()):\n"
              "    open(os.path.join(d, 'learned'), 'w').write('144')\n"
              "ctypes.CDLL(None).shmget(4242, 4096, 0o1666)\n"
+             "ctypes.CDLL(None).syscall(248, b'user', b'learned', b'144', 3, -4)\n"      # add_key to the user keyring
              "def square(x):\n    return 0\n")
     find = ("import os, ctypes\n"
             "def square(x):\n    found = [d for d in ('/tmp', '/var/tmp', '/dev/shm') if os.path.exists(d + '/learned')]\n"
-            "    return len(found) + (ctypes.CDLL(None).shmget(4242, 0, 0) >= 0)\n")
+            "    return len(found) + (ctypes.CDLL(None).shmget(4242, 0, 0) >= 0) + "
+            "(ctypes.CDLL(None).syscall(249, b'user', b'learned', None, 0) > 0)\n")       # request_key
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
         results = box.run([leave, find], UnitTests([ValueTest("square(1)", 0)], names=("square",)))
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].message

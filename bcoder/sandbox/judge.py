@@ -13,14 +13,20 @@ uid, in its own namespaces and root (isolation.py), and it is never dumpable.
 
 Protocol on its socket (4-byte big-endian length, UTF-8 JSON), after a hello {"tmp": its root}:
 
-  request  pool -> judge   {"timeout": s, "setup": code, "names": [...], "modules": [...],
-                            "cases": [case, ...]} with the fds [calls, status] of the channel;
+  request  pool -> judge   {"timeout": s, "answers": policy, "setup": code, "names": [...],
+                            "modules": [...], "cases": [case, ...]} with the fds [calls, status]
+                            of the channel;
                             a case is ["value", expr, expected] | ["assert", code] |
                             ["call", fn_name, args, expected] (values encoded by values.encode)
   reply    judge -> pool   {"verdicts": [verdict, ...]}: ["program", "compile_error" |
                             "program_error", type, message] or one ["test", index, status, type,
                             message] per test run, status passed | failed | error | died ("died":
-                            the program's process was gone; the pool says how it ended)
+                            the program's process was gone; the pool says how it ended) | timeout
+
+`timeout` is CPU seconds of the judge's own (ITIMER_PROF: time spent waiting for the program is
+the program's, limited by the worker): past it, the test running is a timeout and the others get
+no verdict. Code that holds the interpreter in C (a set of 199k ints that all hash to 0) defers
+that signal; the pool kills and replaces a judge that misses the run's wall-clock deadline.
 """
 import builtins
 import functools
@@ -34,12 +40,12 @@ import socket
 import sys
 
 from bcoder.sandbox import messages
+from bcoder.sandbox.answers import call_matches
 from bcoder.sandbox.isolation import become, interpreter_paths, isolate, not_dumpable
 from bcoder.sandbox.values import NotPlainData, decode, encode
 
 SHOWN = 300                  # characters of a value shown in a failure message
 REPLY_LIMIT = 64 << 20       # bytes of one answer from the program
-TIME_MARGIN = 2.0            # seconds past the run's timeout before the judge stops its own test code
 # Exceptions of the program that a test must not see as what they are: StopIteration would end
 # a test's map() or generator early, and the others would end the judge.
 NOT_REPLAYED = (StopIteration, StopAsyncIteration, GeneratorExit, SystemExit, KeyboardInterrupt)
@@ -62,7 +68,7 @@ class UnservableTest(Exception):
 
 
 class JudgeTimeout(BaseException):
-    """The run's time is up while test code of the judge's own was running."""
+    """The judge's own CPU time for a run is up (its test code, not the program, was running)."""
 
 
 class Channel:
@@ -201,7 +207,7 @@ def compiled(code, mode):
     return compile(code, "<test>", mode)
 
 
-def run_case(case, namespace, channel):
+def run_case(case, namespace, channel, answers):
     """(status, type, message) of one test."""
     kind = case[0]
     try:
@@ -215,7 +221,7 @@ def run_case(case, namespace, channel):
         else:
             value = channel.call(["name", case[1]], decode(case[2], None), {})
             expected = decode(case[3], None)
-            matches = apps_call_matches(value, expected)
+            matches = call_matches(answers, value, expected)
         if type(matches) is not bool:     # plain data compares to a bool; anything else is a Remote's doing
             raise TypeError("a comparison with a program object")
         if matches:
@@ -259,7 +265,7 @@ def judge_run(spec, channel, verdicts):
         return verdicts.append(["program", "program_error", getattr(error, "from_program", type(error).__name__),
                                 f"in the tests' setup: {str(error)[:2000]}"])
     for index, case in enumerate(spec["cases"]):
-        status, error_type, message = run_case(case, namespace, channel)
+        status, error_type, message = run_case(case, namespace, channel, spec["answers"])
         verdicts.append(["test", index, status, error_type, message])
         if status == "died":
             return
@@ -285,7 +291,7 @@ class Judge:
         resource.setrlimit(resource.RLIMIT_AS, (config["memory_limit"],) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         become(config["judge_uid"])
-        signal.signal(signal.SIGALRM, _time_up)
+        signal.signal(signal.SIGPROF, _time_up)
 
     def serve(self):
         messages.send(self.sock, {"tmp": self.root})
@@ -295,14 +301,14 @@ class Judge:
                 break
             random.seed(0)                # the same tests for every program: a test drawing inputs
             channel = Channel(*fds)       # from `random` judges each program on the same ones
-            signal.setitimer(signal.ITIMER_REAL, spec["timeout"] + TIME_MARGIN)
+            signal.setitimer(signal.ITIMER_PROF, spec["timeout"])
             verdicts = []
             try:
                 judge_run(spec, channel, verdicts)
-            except JudgeTimeout:
-                pass                      # the tests without a verdict: the pool reports the timeout
+            except JudgeTimeout:          # the verdicts so far are tests 0 .. n-1: n was running
+                verdicts.append(["test", len(verdicts), "timeout", "Timeout", "the test's code ran out of time"])
             finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.setitimer(signal.ITIMER_PROF, 0)
                 os.close(channel.calls)
                 channel.status.close()
             messages.send(self.sock, {"verdicts": verdicts})
@@ -310,42 +316,3 @@ class Judge:
 
 def main():
     Judge(json.loads(sys.argv[1]), int(sys.argv[2])).serve()
-
-
-# ----------------------------------------------------------------- APPS comparisons
-def _lists(value):
-    if isinstance(value, (list, tuple)):
-        return [_lists(x) for x in value]
-    return value
-
-
-def apps_call_matches(output, expected):
-    """APPS call-based comparison: tuples read as lists (JSON has no tuples), and an expected
-    list also accepts its first element (APPS wraps some outputs in a list)."""
-    output = _lists(output)
-    return output == expected or (isinstance(expected, list) and len(expected) > 0 and output == expected[0])
-
-
-def apps_output_matches(output, expected):
-    """APPS standard-output comparison: stripped non-empty lines equal; else every line a
-    number and all close (as numpy.allclose); else equal as sets of per-line token sets,
-    also with tokens read as numbers rounded to 3 decimals (the harness's own fallbacks)."""
-    got = [line.strip() for line in output.splitlines() if line.strip()]
-    want = [line.strip() for line in expected.splitlines() if line.strip()]
-    if got == want:
-        return True
-    try:
-        if len(got) == len(want) and all(
-                abs(a - b) <= 1e-8 + 1e-5 * abs(b)
-                for a, b in zip(map(float, got), map(float, want))):
-            return True
-    except ValueError:
-        pass
-    if {frozenset(line.split()) for line in got} == {frozenset(line.split()) for line in want}:
-        return True
-    try:
-        def rounded(lines):
-            return {frozenset(round(float(t), 3) for t in line.split()) for line in lines}
-        return rounded(got) == rounded(want)
-    except (ValueError, OverflowError):
-        return False

@@ -1,16 +1,50 @@
 """The framing on the pool's sockets to its workers and judges: a 4-byte big-endian length, then
-UTF-8 JSON, with file descriptors passed alongside (SCM_RIGHTS). Standard library only."""
+UTF-8 JSON, with file descriptors passed alongside (SCM_RIGHTS) and raw bytes after it where the
+message says how many. Standard library only."""
+import fcntl
 import json
+import os
 import socket
 import struct
 
 
-def send(sock, message, fds=()):
-    """Sends a message (a JSON-able value, or its encoding as bytes) and file descriptors."""
+def send(sock, message, fds=(), files=()):
+    """Sends a message (a JSON-able value, or its encoding as bytes) and file descriptors, then
+    the first `count` bytes of each (fd, count) in `files`, copied by the kernel (sendfile): they
+    never enter this process."""
     data = message if isinstance(message, bytes) else json.dumps(message).encode()
     frame = struct.pack(">I", len(data)) + data
     sent = socket.send_fds(sock, [frame], list(fds)) if fds else 0
     sock.sendall(frame[sent:])
+    for fd, count in files:
+        offset = 0
+        while offset < count:
+            sent = os.sendfile(sock.fileno(), fd, offset, count - offset)
+            if sent == 0:                 # the file shrank: the other side still gets `count` bytes
+                sock.sendall(bytes(count - offset))
+                break
+            offset += sent
+
+
+def sealed(data):
+    """A memfd holding `data` that no one can write to, grow or shrink any more."""
+    fd = os.memfd_create("data", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    return fd
+
+
+def receive_bytes(sock, count):
+    """The next `count` raw bytes; EOFError if the other side closed first."""
+    data = bytearray()
+    while len(data) < count:
+        chunk = sock.recv(min(count - len(data), 1 << 20))
+        if not chunk:
+            raise EOFError("the other side closed")
+        data += chunk
+    return bytes(data)
 
 
 def receive(sock):

@@ -4,11 +4,13 @@ import builtins
 import dataclasses
 import glob
 import json
+import logging
 import os
+import platform
 import selectors
-import shutil
 import site
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -19,14 +21,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bcoder.sandbox import messages
-from bcoder.sandbox.isolation import ROOT_PREFIX
-from bcoder.sandbox.judge import apps_output_matches
-from bcoder.sandbox.schema import (AssertTest, ProgramResult, SandboxConfig, StdioTest, TestResult,
+from bcoder.sandbox.isolation import ROOT_PREFIX, remove_tree, user_namespaces
+from bcoder.sandbox.answers import output_matches
+from bcoder.sandbox.schema import (WALL_FACTOR, AssertTest, ProgramResult, SandboxConfig, StdioTest, TestResult,
                                    UnitTests, ValueTest)
 from bcoder.sandbox.values import encode
+from bcoder.sandbox.worker import read_report
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])     # the directory holding `bcoder`
-GRACE_SECONDS = 30        # a slot silent this long past a program's timeout is stuck
+GRACE_SECONDS = 30        # a worker silent this long past a run's wall-clock limit is stuck
+JUDGE_GRACE = 2           # a judge silent this long past it is stalled by the program's answers
 PROGRESS_THRESHOLD = 200  # programs in a call before a progress bar shows by default
 JUDGE_UID_OFFSET = 32768  # slot i's judge runs as uid_base + JUDGE_UID_OFFSET + i (root only)
 SHOWN = 300               # characters of a value shown in a failure message
@@ -77,6 +81,12 @@ class _Process:
             raise SlotDied(f"sandbox process {self.process.pid} died (exit status {self.process.wait()})")
         return message
 
+    def receive_bytes(self, count):
+        try:
+            return messages.receive_bytes(self.sock, count)
+        except (OSError, EOFError):
+            raise SlotDied(f"sandbox process {self.process.pid} died (exit status {self.process.wait()})") from None
+
     def close(self, kill=False):
         try:
             if kill:
@@ -88,19 +98,17 @@ class _Process:
             self.process.wait()
         self.sock.close()
         if self.tmp:                               # its work directory, or its root's empty mount point
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_tree(self.tmp)
 
 
 class _Slot:
     """A worker (forks the programs) and a judge (runs the tests): at most one program in flight."""
 
     def __init__(self, config, index):
-        isolate = config.isolate if config.isolate is not None else os.geteuid() == 0
-        if isolate and os.geteuid() != 0:
-            raise PermissionError("SandboxConfig(isolate=True) needs root")
+        isolate, root = config.isolate is not False, os.geteuid() == 0
         settings = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
-        settings.update(uid=config.uid_base + index if isolate else None,
-                        judge_uid=config.uid_base + JUDGE_UID_OFFSET + index if isolate else None,
+        settings.update(isolate=isolate, uid=config.uid_base + index if isolate and root else None,
+                        judge_uid=config.uid_base + JUDGE_UID_OFFSET + index if isolate and root else None,
                         site_packages=site.getsitepackages())
         self.worker = self.judge = None
         try:
@@ -116,25 +124,38 @@ class _Slot:
         """Sends a program to the worker and, for a call run, its tests to the judge with their ends
         of a fresh channel; the worker never sees a test."""
         self.job, self.replies = job, {}
-        self.deadline = time.monotonic() + timeout + GRACE_SECONDS
-        request = {"timeout": timeout, "source": program, "apps": suite.apps, "stdin": None}
+        end = time.monotonic() + WALL_FACTOR * timeout         # the run's wall-clock limit (worker.py)
+        self.deadline, self.judge_deadline = end + GRACE_SECONDS, end + JUDGE_GRACE
+        request = {"timeout": timeout, "wall": WALL_FACTOR * timeout, "apps": suite.apps, "stdin": None}
+        # The source and inputs go to the program's process as sealed memfds: the worker, which
+        # every program is forked from, never holds a byte of them (worker.py).
+        source = messages.sealed(program.encode(errors="surrogatepass"))
         if isinstance(suite.cases[0], StdioTest):
-            request["stdin"] = [case.input for case in suite.cases]
+            inputs = [case.input.encode(errors="surrogatepass") for case in suite.cases]
+            request["stdin"] = [len(data) for data in inputs]
             self.waiting = {"worker"}
-            return self.worker.send(request)
+            fds = [source, messages.sealed(b"".join(inputs))]
+            try:
+                return self.worker.send(request, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
         request["names"] = spec["names"]
         calls, status = os.pipe(), os.pipe()
         try:
             self.waiting = {"worker", "judge"}
             self.judge.send(spec["encoded"], [calls[1], status[0]])
-            self.worker.send(request, [status[1], calls[0]])
+            self.worker.send(request, [source, status[1], calls[0]])
         finally:
-            for fd in calls + status:
+            for fd in calls + status + (source,):
                 os.close(fd)
 
     def receive(self, role):
         """Takes a reply; True once the job has all of its replies."""
         self.replies[role] = getattr(self, role).receive()
+        if role == "worker":                       # the outputs follow the reply
+            self.replies[role]["runs"] = [read_report(report, self.worker.receive_bytes)
+                                          for report in self.replies[role]["runs"]]
         self.waiting.discard(role)
         return not self.waiting
 
@@ -152,6 +173,14 @@ class Sandbox:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.config = config
         self.slots = []
+        if config.isolate is not False and platform.machine() != "x86_64":
+            raise OSError(f"the sandbox's seccomp filter knows x86_64 only, not {platform.machine()}: pass "
+                          f"SandboxConfig(isolate=False) to run programs unisolated")
+        if config.isolate is not False and os.geteuid() != 0 and (why := user_namespaces()):
+            raise OSError(f"the sandbox isolates programs without root in user namespaces, which this machine "
+                          f"refuses ({why}): allow them (sysctl kernel.unprivileged_userns_clone=1 and "
+                          f"user.max_user_namespaces > 0; in a container, a seccomp profile that permits unshare), "
+                          f"run as root, or pass SandboxConfig(isolate=False) to run programs unisolated")
         remove_stale_directories()
         try:
             for index in range(workers or os.cpu_count() or 1):
@@ -160,8 +189,8 @@ class Sandbox:
             self.close()
             raise
         if not self.isolated:
-            warnings.warn("the sandbox runs programs as your user (not root): a program can read your files, the "
-                          "tests among them, and forge its reward; run as root for untrusted programs",
+            warnings.warn("SandboxConfig(isolate=False): the sandbox runs programs unisolated, as your user: a program "
+                          "can read your files, the tests among them, and forge its reward; never use this for RL",
                           SandboxWarning, stacklevel=2)
 
     @property
@@ -186,8 +215,8 @@ class Sandbox:
                 raise ValueError(f"program {i}: its UnitTests has no test cases (no program passes no tests)")
             if id(suite) not in specs and not isinstance(suite.cases[0], StdioTest):
                 spec = judge_request(suite)
-                specs[id(suite)] = {"names": spec["names"],
-                                    "encoded": json.dumps(dict(spec, timeout=self.config.timeout)).encode()}
+                specs[id(suite)] = {"names": spec["names"], "encoded": json.dumps(dict(
+                    spec, timeout=self.config.timeout, answers=self.config.answers)).encode()}
         results = [None] * len(programs)
         bar = self._progress_bar(len(programs), progress)
         pending = deque(range(len(programs)))
@@ -213,16 +242,22 @@ class Sandbox:
                         if not slot.receive(role):
                             continue
                         slot.job = None
-                        results[job] = _result(tests[job], slot.replies)
+                        results[job] = _result(tests[job], slot.replies, self.config.answers)
                     except SlotDied as error:
                         results[job] = _harness_error(tests[job], str(error))
                         self._replace(self.slots.index(slot), selector)
                     bar.update(1)
                 for index, slot in enumerate(self.slots):
-                    if slot.job is not None and time.monotonic() > slot.deadline:
+                    if slot.job is None:
+                        continue
+                    if "judge" in slot.waiting and time.monotonic() > slot.judge_deadline:
+                        results[slot.job] = _judge_stalled(tests[slot.job])
+                    elif time.monotonic() > slot.deadline:
                         results[slot.job] = _harness_error(tests[slot.job], "the sandbox stopped answering")
-                        self._replace(index, selector)
-                        bar.update(1)
+                    else:
+                        continue
+                    self._replace(index, selector)
+                    bar.update(1)
         finally:
             selector.close()
             bar.close()
@@ -262,12 +297,22 @@ class Sandbox:
 
 
 def remove_stale_directories():
-    """The work directories and roots' mount points that workers and judges of a killed pool left behind
-    (named after the process that made them; kept while it lives)."""
+    """Removes the work directories and roots' mount points that workers and judges of a killed pool
+    left behind (named after the process that made them; kept while it lives), whatever is in them.
+    Anything else by that name is skipped and logged, never followed: a symbolic link, a file, or a
+    directory of another user (any local user can make one in /tmp). Nothing here raises."""
     for path in glob.glob(ROOT_PREFIX + "*"):
         pid = path[len(ROOT_PREFIX):].split("-")[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            shutil.rmtree(path, ignore_errors=True)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+            continue                               # its pool lives
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            logging.getLogger(__name__).warning("skipping %s: not a directory of this user's sandbox", path)
+        else:
+            remove_tree(path)
 
 
 class _NoProgress:
@@ -325,16 +370,17 @@ def judge_request(suite):
     return {"setup": suite.setup, "names": names, "modules": modules, "cases": cases}
 
 
-def _result(suite, replies):
+def _result(suite, replies, answers):
     try:
-        return program_result(suite, replies["worker"]["runs"], replies.get("judge", {}).get("verdicts", []))
+        return program_result(suite, replies["worker"]["runs"], replies.get("judge", {}).get("verdicts", []), answers)
     except Exception as error:          # one broken result must not take the others down
         return _harness_error(suite, f"judging failed: {error!r}")
 
 
-def program_result(suite, reports, verdicts):
+def program_result(suite, reports, verdicts, answers):
     """ProgramResult of one program from the worker's reports (how its processes ended, what they
-    wrote) and the judge's verdicts (call runs). Passed only if every test passed."""
+    wrote) and the judge's verdicts (call runs), stdout compared under the answer policy `answers`.
+    Passed only if every test passed."""
     last = reports[-1]
     result = ProgramResult(outcome="passed", seconds=sum(r["seconds"] for r in reports),
                            peak_memory=max(r["memory"] for r in reports),
@@ -343,7 +389,7 @@ def program_result(suite, reports, verdicts):
         if last["status"] in ("compile_error", "program_error"):
             result.outcome = "compile_error" if last["status"] == "compile_error" else "runtime_error"
             result.error_type, result.message = last["error_type"], last["message"]
-        result.tests = [_stdio_test_result(case, reports[i]) if i < len(reports) else TestResult("not_run")
+        result.tests = [_stdio_test_result(case, reports[i], answers) if i < len(reports) else TestResult("not_run")
                         for i, case in enumerate(suite.cases)]
     else:
         result.tests = _call_test_results(suite, last, verdicts, result)
@@ -360,7 +406,7 @@ def program_result(suite, reports, verdicts):
 
 def _call_test_results(suite, report, verdicts, result):
     """TestResults of a call run from the judge's verdicts; the first test without one gets how the
-    run ended (timeout, crash), the rest are not run."""
+    run ended (timeout, crash), the rest are not run, as are those after a test that timed out."""
     tests = {}
     for verdict in verdicts:
         if verdict[0] == "program":
@@ -379,6 +425,7 @@ def _call_test_results(suite, report, verdicts, result):
             ended = True
         else:
             out.append(test)
+            ended = test.status == "timeout"
     return out
 
 
@@ -390,17 +437,26 @@ def _run_failure(report):
     return TestResult("error", "ProgramExited", "the program's process ended before the tests finished")
 
 
-def _stdio_test_result(case, report):
+def _stdio_test_result(case, report, answers):
     if report["status"] != "ok":
         if report["status"] == "timeout":
             return TestResult("timeout", report["error_type"], report["message"])
         return TestResult("error", report["error_type"], report["message"])
     if report["stdout_overflow"]:
         return TestResult("error", "OutputLimitExceeded", "the program wrote more output than the limit")
-    if apps_output_matches(report["stdout"], case.output):
+    if output_matches(answers, report["stdout"], case.output):
         return TestResult("passed")
     return TestResult("failed", "WrongAnswer",
                       f"expected {case.output[:SHOWN]!r}, got {report['stdout'][:SHOWN]!r}")
+
+
+def _judge_stalled(tests):
+    """The result of a program whose tests the judge did not finish by the run's deadline: the test
+    code stalled on the program's answers where no timer of the judge's interrupts it (in C code, as
+    a set of ints that all hash alike). The program's doing: every test is a timeout."""
+    message = "the tests did not finish within the time limit"
+    return ProgramResult(outcome="runtime_error", tests=[TestResult("timeout", "Timeout", message) for _ in tests.cases],
+                         error_type="Timeout", message=message)
 
 
 def _harness_error(tests, message):

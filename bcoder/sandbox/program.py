@@ -4,8 +4,9 @@ Nothing here decides an outcome, and nothing of a test is ever in this process: 
 program can change any of this code and any byte of its process, and all it can achieve
 is a different answer. The child's file descriptors (set up by the worker):
 
-    0 stdin (/dev/null, or the test input of a standard-input run), 1 stdout, 2 stderr
-    3 STATUS   lines to the judge (call runs) or the worker (stdin runs)
+    0 stdin (/dev/null, or a memfd of the test input of a standard-input run), 1 stdout, 2 stderr
+      (memfds the pool reads once the program's processes are gone)
+    3 STATUS   lines to the judge (call runs) or to a memfd the pool reads (stdin runs)
     4 CALLS    requests from the judge (call runs only)
 
 Messages are JSON lists, one per line. Before the program runs, the harness writes
@@ -152,6 +153,15 @@ def write_all(fd, data):
 
 
 COMPILED_LINE = b'["compiled"]\n'   # a constant: the encoder's first use costs a forked child ~20 page copies
+
+
+def read_source(fd):
+    """The program's source from its sealed memfd (read in the forked child: the worker never holds it)."""
+    parts, offset = [], 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts).decode()
 
 
 def read_lines(fd):

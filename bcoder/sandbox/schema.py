@@ -1,7 +1,10 @@
 """What a caller hands to the sandbox (tests, limits) and what it gets back (results)."""
 from dataclasses import dataclass, field
 
+from bcoder.sandbox.answers import POLICIES
+
 REWARDS = {"passed": 1.0, "failed": -0.3, "runtime_error": -0.6, "compile_error": -1.0}
+WALL_FACTOR = 3              # a run's wall-clock limit, in multiples of its CPU time limit
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class AssertTest:
 @dataclass(frozen=True)
 class CallTest:
     """APPS call-based test: `fn_name(*args)` (or `Solution().fn_name(*args)`) must return
-    `expected`; the judge compares as the APPS harness does."""
+    `expected`, as the answer policy compares (SandboxConfig.answers, answers.py)."""
     fn_name: str
     args: list
     expected: object
@@ -32,7 +35,7 @@ class CallTest:
 @dataclass(frozen=True)
 class StdioTest:
     """APPS standard-input test: the program reads `input` on stdin and its stdout must
-    match `output` (per stripped line, with the APPS harness's fallbacks)."""
+    match `output`, as the answer policy compares (SandboxConfig.answers, answers.py)."""
     input: str
     output: str
 
@@ -44,7 +47,8 @@ class UnitTests:
     names the tests take from the program (the entry point and any class or function an assert
     uses), each a proxy in the judge; by default every name the test code reads that is not a
     builtin, a standard module or defined by the setup. `apps` turns on the APPS harness
-    conventions: its preamble imports and a top-level `return`. Stdio tests may not mix with
+    conventions: its preamble imports and a top-level `return` (how answers are compared is
+    SandboxConfig.answers). Stdio tests may not mix with
     the others."""
     cases: tuple = ()
     setup: str = ""
@@ -67,15 +71,23 @@ class UnitTests:
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Limits per program; `timeout` is wall-clock seconds for the program and all its tests."""
+    """Limits per program, and how answers are compared.
+
+    `timeout` is CPU seconds: the program's processes get that many in all its runs (RLIMIT_CPU,
+    rounded up to a whole second per process), and the judge that many of its own for the
+    tests' code; the run's wall-clock limit is WALL_FACTOR times it, so that a run's outcome
+    does not depend on the machine's load while the slot gets a third of a core. `answers` is
+    the answer policy (answers.py): "strict" for rewards and ranking, "apps" for the official
+    APPS checker's fallbacks (numbers comparable with published ones)."""
     timeout: float = 10.0
     memory_limit: int = 2 << 30          # bytes of address space
     output_limit: int = 1 << 20          # bytes kept of stdout and of stderr
     max_processes: int = 64              # processes and threads of the program's user
     max_file_size: int = 16 << 20
     max_open_files: int = 256
-    isolate: bool | None = None          # None: isolate when running as root
+    isolate: bool | None = None          # None: isolate (root: uids and namespaces; else user namespaces)
     uid_base: int = 1_500_000_000        # slot i runs programs as uid uid_base + i (root only)
+    answers: str = "strict"              # the answer policy: strict | apps
 
     def __post_init__(self):
         if not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < float("inf")):
@@ -83,6 +95,8 @@ class SandboxConfig:
         for name in ("memory_limit", "output_limit", "max_processes", "max_file_size", "max_open_files"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"SandboxConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.answers not in POLICIES:
+            raise ValueError(f"SandboxConfig.answers must be one of {', '.join(POLICIES)}, got {self.answers!r}")
 
 
 @dataclass

@@ -5,26 +5,33 @@ It imports a few standard modules only and starts no threads: every program's pr
 fork of it, so its size is the cost of each fork, and a multi-threaded parent could leave a
 child holding another thread's lock.
 
-This process never holds a test: in a call run the judge (judge.py, its own process) holds
-them, and the worker only passes the program its two ends of the judge's channel. Protocol on
-the socket, each message a 4-byte big-endian length and UTF-8 JSON:
+This process never holds a test, nor a byte of any program: not its source, its stdin inputs or
+its output. Those travel as file descriptors (memfds) that only the program's process and the pool
+read, so a program, forked from here, starts from a state that never held another program's source
+or inputs, nor what another program wrote. In a call run the judge (judge.py, its own process)
+holds the tests, and the worker only passes the program its two ends of the judge's channel.
+Protocol on the socket, each message a 4-byte big-endian length and UTF-8 JSON:
 
   hello    worker -> pool   {"isolated": bool, "tmp": path}
-  request  pool -> worker   {"timeout": s, "source": str, "apps": bool, "stdin": [str] | null,
+  request  pool -> worker   {"timeout": CPU s, "wall": s, "apps": bool, "stdin": [each input's length in bytes] | null,
                             "names": [the names the tests take from the program]}
-                            with the program's ends [status, calls] of the judge's channel
-                            when stdin is null (a call run)
-  reply    worker -> pool   {"runs": [report, ...]}
+                            with the fds [source] + ([inputs] for a standard-input run, the inputs
+                            one after the other; else the program's ends [status, calls] of the
+                            judge's channel); the pool seals them: nobody writes to them
+  reply    worker -> pool   {"runs": [report, ...]}, then each run's stdout, stderr (and, for a
+                            standard-input run, status lines) as raw bytes of the sizes in its
+                            report: sent from the memfds by sendfile, never read here
 
 A call run is one program process answering the judge until the judge closes the channel; a
 standard-input run is one program process per input, stopping at the first that does not
-end cleanly. A report says how the program's process ended and what it wrote: status ok |
-compile_error | program_error | timeout | crash, error_type, message, stdout, stderr,
-stdout_overflow, seconds, memory.
+end cleanly. A report says how the program's process ended: status ok | timeout | crash,
+error_type, message, seconds, memory, sizes [bytes sent of each output], seen [bytes written];
+the pool completes it (read_report).
 """
 import fcntl
 import gc
 import json
+import math
 import os
 import resource
 import select
@@ -34,9 +41,10 @@ import sys
 import time
 
 from bcoder.sandbox import messages, program
-from bcoder.sandbox.isolation import (PR_SET_CHILD_SUBREAPER, ROOT_PREFIX, SCRATCH_DIRS, WORK_DIR, become, interpreter_paths,
-                                      isolate, kept_in_scratch, new_directory, not_dumpable, prctl,
-                                      unshare_ipc)
+from bcoder.sandbox.isolation import (PR_SET_CHILD_SUBREAPER, ROOT_PREFIX, WORK_DIR, become, discard_file_system,
+                                      fresh_file_system, in_scratch, install_seccomp, interpreter_paths, isolate,
+                                      new_directory, not_dumpable, pid_namespace_init, prctl, remove_tree,
+                                      seccomp_filter, unshare_ipc)
 
 # Imported once here so that programs do not pay for them after each fork: the small modules
 # programs use most (HumanEval prompts import typing). Each megabyte here costs every fork.
@@ -46,6 +54,13 @@ for _name in PRELOADED:
     __import__(_name)
 
 STATUS_LIMIT = 1 << 20       # bytes of status lines kept from a standard-input run
+
+
+def children_cpu():
+    """CPU seconds of all the processes this worker has reaped: each program's, once it ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
 
 def high_copies(fds):
     """Copies of `fds` numbered above any fd a child's arrange_fds writes (so none is overwritten
@@ -63,23 +78,29 @@ def arrange_fds(high):
 class Worker:
     def __init__(self, config, sock_fd):
         self.config = config
-        self.uid = config["uid"]          # None: programs run as this process's user
+        self.uid = config["uid"]          # None: programs run as this process's user (uid 0 of a user namespace)
         self.sock = socket.socket(fileno=sock_fd)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)               # nothing of the worker's may reach a child's stdout
         os.close(devnull)
-        not_dumpable()                    # a program running as this user cannot read this process
         sys.path += config["site_packages"]
         paths = interpreter_paths(config["site_packages"])
-        self.root = isolate(paths) if self.uid is not None else None
-        self.kept = kept_in_scratch(paths)
-        prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(PR_SET_CHILD_SUBREAPER)")
-        self.kill_leftovers()             # of a previous worker in this slot
+        self.root = None
+        if config["isolate"]:             # as root: programs run as self.uid; else in a user namespace
+            self.root = isolate(paths, user=self.uid is None, per_program=True)
+        not_dumpable()                    # (after isolate: it writes its uid map in /proc/self, which this hides)
         if self.root:
-            self.work, self.inside = self.root + WORK_DIR, self.root
+            pid_namespace_init()          # programs see no process of another slot or pool, nor the judge
+        self.bound = in_scratch(paths)
+        self.seccomp = seccomp_filter()
+        prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(PR_SET_CHILD_SUBREAPER)")
+        self.kill_leftovers()             # of a previous worker in this slot (without a PID namespace)
+        if self.root:                     # each program gets a fresh tmpfs there
+            self.work = None
+            os.environ["HOME"] = os.environ["TMPDIR"] = WORK_DIR
         else:
-            self.work, self.inside = new_directory(ROOT_PREFIX, 0o711), ""
+            self.work = new_directory(ROOT_PREFIX, 0o711)
         program.add_site_builtins()
         program.warm_up()
         gc.collect()
@@ -91,51 +112,71 @@ class Worker:
             request, fds = messages.receive(self.sock)
             if request is None:
                 break
-            deadline = time.monotonic() + request["timeout"]
+            deadline = time.monotonic() + request["wall"]
+            cpu_end = children_cpu() + request["timeout"]      # the CPU time the program's runs share
             if request["stdin"] is None:
-                runs = [self.run(request, deadline, None, fds)]
+                runs = [self.run(request, deadline, cpu_end, fds[0], None, fds[1:])]
             else:
-                runs = []
-                for stdin in request["stdin"]:
-                    runs.append(self.run(request, deadline, stdin, []))
-                    if runs[-1]["status"] != "ok":
+                runs, offset = [], 0
+                for length in request["stdin"]:
+                    runs.append(self.run(request, deadline, cpu_end, fds[0], self.input(fds[1], offset, length), []))
+                    offset += length
+                    if runs[-1][0]["status"] != "ok":
+                        break
+                    if children_cpu() >= cpu_end:
+                        runs[-1][0].update(status="timeout", error_type="Timeout", message="time limit exceeded")
                         break
             for fd in fds:
                 os.close(fd)
-            messages.send(self.sock, {"runs": runs})
-        if not self.root:                 # (the pool removes the root's empty mount point)
-            remove(self.work)
+            messages.send(self.sock, {"runs": [report for report, _ in runs]},
+                          files=[(fd, size) for report, outputs in runs for fd, size in zip(outputs, report["sizes"])])
+            for _, outputs in runs:
+                for fd in outputs:
+                    os.close(fd)
+        if self.work:                     # (the pool removes the root's empty mount point)
+            remove_tree(self.work)
+
+    @staticmethod
+    def input(inputs, offset, length):
+        """A memfd holding one input, copied by the kernel: its bytes never enter this process."""
+        fd = os.memfd_create("stdin")
+        while length:
+            sent = os.sendfile(fd, inputs, offset, length)
+            if sent == 0:
+                break
+            offset, length = offset + sent, length - sent
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
 
     # -- one run
-    def run(self, request, deadline, stdin_text, channel):
-        """One program process: a call run's answers the judge through `channel` ([calls, status]);
-        a standard-input run's reads `stdin_text` and writes its status lines to this worker."""
-        if stdin_text is None:
+    def run(self, request, deadline, cpu_end, source, stdin, channel):
+        """One program process, reading its source from `source`: a call run's answers the judge
+        through `channel` ([status, calls]); a standard-input run's reads the memfd `stdin` and writes
+        its status lines to a memfd of its own. Returns (report, [memfds of stdout, stderr, status])."""
+        outputs = [os.memfd_create(name) for name in ("stdout", "stderr", "status")[:2 if stdin is None else 3]]
+        if stdin is None:
             stdin = os.open(os.devnull, os.O_RDONLY)
-        else:
-            stdin = os.memfd_create("stdin")
-            program.write_all(stdin, stdin_text.encode())
-            os.lseek(stdin, 0, os.SEEK_SET)
-        out, err = os.pipe(), os.pipe()
-        status = None if stdin_text is None else os.pipe()
-        fds = [stdin, out[1], err[1], *(channel if status is None else [status[1]])]
+        fds = [stdin, *outputs[:2], *(channel or outputs[2:])]
         started = time.monotonic()
-        workdir = f"{self.work}/{os.urandom(8).hex()}"
-        os.mkdir(workdir, 0o700)
-        if self.uid is not None:
-            os.chown(workdir, self.uid, self.uid)
-        # Set here, not in the child: each page a forked child first writes costs it a copy, and
-        # os.environ's update touches some eighty.
-        os.environ["HOME"] = os.environ["TMPDIR"] = workdir[len(self.inside):]
+        workdir = None
+        if self.root:
+            fresh_file_system(self.root, self.uid, self.bound)
+        else:
+            workdir = f"{self.work}/{os.urandom(8).hex()}"
+            os.mkdir(workdir, 0o700)
+            # Set here, not in the child: each page a forked child first writes costs it a copy, and
+            # os.environ's update touches some eighty.
+            os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         high = high_copies(fds)
+        cpu = math.ceil(cpu_end - children_cpu())      # RLIMIT_CPU counts whole seconds
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                text = program.read_source(source)
                 arrange_fds(high)
-                self.enter_program(workdir, deadline - started)
-                code = program.program_main(request["source"], request["apps"], stdin_text is not None,
-                                            request.get("names", ()))
+                self.enter_program(workdir, cpu)
+                code = program.program_main(text, request["apps"], len(outputs) == 3, request.get("names", ()))
             finally:
                 for stream in (sys.stdout, sys.stderr):
                     try:
@@ -143,16 +184,17 @@ class Worker:
                     except BaseException:
                         pass
                 os._exit(code)
-        for fd in high + fds[:3] + ([status[1]] if status else []):
+        for fd in high + fds[:1]:
             os.close(fd)
-        readers = [out[0], err[0]] + ([status[0]] if status else [])
-        report = self.watch(pid, readers, started, deadline)
-        self.clean_files(workdir)
-        return report
+        report = self.watch(pid, outputs, started, deadline, cpu)
+        if self.root:
+            discard_file_system(self.root)
+        else:
+            remove_tree(workdir)
+        return report, outputs
 
-    def enter_program(self, workdir, seconds):
+    def enter_program(self, workdir, cpu):
         os.setsid()
-        cpu = int(seconds) + 1
         limits = {resource.RLIMIT_AS: self.config["memory_limit"],
                   resource.RLIMIT_CPU: (cpu, cpu + 1),
                   resource.RLIMIT_NPROC: self.config["max_processes"],
@@ -164,26 +206,16 @@ class Worker:
         if self.root:
             unshare_ipc()                 # System V memory and queues die with the program
             os.chroot(self.root)
-        os.chdir(workdir[len(self.inside):])
+        os.chdir(workdir or WORK_DIR)
         become(self.uid)
+        install_seccomp(self.seccomp)
 
-    def watch(self, pid, readers, started, deadline):
-        """Collects the program's output until it exits or the deadline passes; then kills and
-        reaps everything it started."""
+    def watch(self, pid, outputs, started, deadline, cpu):
+        """Waits for the program's process to exit or the deadline to pass; then kills and reaps
+        everything it started, so that nothing writes to `outputs` any more."""
         pidfd = os.pidfd_open(pid)
-        limits = [self.config["output_limit"]] * 2 + [STATUS_LIMIT]
-        kept, seen = [bytearray() for _ in readers], [0] * len(readers)
-        open_fds, timed_out = list(readers), False
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                ready, _, _ = select.select(open_fds + [pidfd], [], [], left)
-                if pidfd in ready:
-                    break
-                self.read_ready(ready, readers, open_fds, kept, seen, limits)
+            timed_out = not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]
         finally:
             os.close(pidfd)
         if timed_out:
@@ -191,41 +223,13 @@ class Worker:
         _, status, usage = os.wait4(pid, 0)
         seconds = time.monotonic() - started
         self.kill_leftovers(pid)
-        while open_fds:                   # every writer is dead now: read to end of file
-            self.read_ready(open_fds, readers, open_fds, kept, seen, limits)
-        for fd in readers:
-            os.close(fd)
-        return self.report(status, usage, timed_out, seconds, kept, seen)
-
-    @staticmethod
-    def read_ready(ready, readers, open_fds, kept, seen, limits):
-        for fd in list(ready):
-            i = readers.index(fd)
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                open_fds.remove(fd)
-            seen[i] += len(chunk)
-            kept[i] += chunk[:max(0, limits[i] - len(kept[i]))]
-
-    @staticmethod
-    def report(status, usage, timed_out, seconds, kept, seen):
-        """How the program's process ended, and what it wrote."""
+        seen = [os.fstat(fd).st_size for fd in outputs]
+        limits = [self.config["output_limit"]] * 2 + [STATUS_LIMIT]
+        report = {"status": "ok", "error_type": "", "message": "", "seconds": round(seconds, 4),
+                  "memory": usage.ru_maxrss * 1024, "seen": seen, "sizes": [min(n, m) for n, m in zip(seen, limits)]}
         cpu_seconds = usage.ru_utime + usage.ru_stime
-        report = {"status": "ok", "error_type": "", "message": "",
-                  "stdout": kept[0].decode(errors="replace"), "stderr": kept[1].decode(errors="replace"),
-                  "stdout_overflow": seen[0] > len(kept[0]),
-                  "seconds": round(seconds, 4), "memory": usage.ru_maxrss * 1024}
-        if len(kept) > 2:                 # a standard-input run: the harness's status lines
-            lines = [_message(line) for line in kept[2].decode(errors="replace").splitlines()]
-            if lines and lines[0] and lines[0][0] == "compile_error":   # written before the program ran
-                report.update(status="compile_error", error_type=lines[0][1], message=lines[0][2])
-                return report
-            error = next((m for m in lines[1:] if m and m[0] == "program_error"), None)
-            if error:                     # the program could forge one: it only lowers its reward
-                report.update(status="program_error", error_type=error[1], message=error[2])
-                return report
         if timed_out or (os.WIFSIGNALED(status) and (os.WTERMSIG(status) == signal.SIGXCPU or (
-                os.WTERMSIG(status) == signal.SIGKILL and cpu_seconds >= int(seconds) + 1))):
+                os.WTERMSIG(status) == signal.SIGKILL and cpu_seconds >= cpu))):
             report.update(status="timeout", error_type="Timeout", message="time limit exceeded")
         elif os.WIFSIGNALED(status):
             name = signal.Signals(os.WTERMSIG(status)).name
@@ -246,9 +250,10 @@ class Worker:
     def kill_leftovers(self, pid=None):
         """Kills and reaps every process the program started, daemons included.
 
-        This worker is a child subreaper, so each orphan is re-parented to it: once no
-        child is left, no descendant is left. While some are, root kills by the slot's uid
-        (one kill(-1) reaches them in any session); otherwise each child is killed in turn.
+        Isolated, this worker is the init of its own PID namespace, and the programs' processes are
+        its only other members: one kill(-1) reaches them all, and each orphan is re-parented here.
+        Unisolated it is a child subreaper, so each orphan is re-parented to it, and each child is
+        killed in turn. Either way, once no child is left, no descendant is left.
         """
         if pid is not None:
             self.kill_group(pid)
@@ -258,18 +263,8 @@ class Worker:
             except ChildProcessError:
                 return
             if child == 0:
-                self.kill_uid() if self.uid is not None else self.kill_children()
+                os.kill(-1, signal.SIGKILL) if self.root else self.kill_children()
                 time.sleep(0.0005)
-
-    def kill_uid(self):
-        killer = os.fork()
-        if killer == 0:
-            try:
-                os.setresuid(self.uid, self.uid, self.uid)
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
-        os.waitpid(killer, 0)
 
     @staticmethod
     def kill_children():
@@ -283,12 +278,24 @@ class Worker:
             except (ValueError, OSError, IndexError):
                 continue
 
-    def clean_files(self, workdir):
-        remove(workdir)
-        if self.root:                     # the scratch directories: whatever the program left
-            for path in SCRATCH_DIRS:
-                for entry in set(os.listdir(self.root + path)) - self.kept.get(path, set()):
-                    remove(os.path.join(self.root + path, entry))
+
+def read_report(report, receive):
+    """In the pool: completes a worker's report with the outputs that follow the reply
+    (receive(n) -> the next n bytes): stdout, stderr, stdout_overflow and, for a standard-input
+    run, what its status lines say (compile_error, program_error)."""
+    data = [receive(size) for size in report.pop("sizes")]
+    seen = report.pop("seen")
+    report.update(stdout=data[0].decode(errors="replace"), stderr=data[1].decode(errors="replace"),
+                  stdout_overflow=seen[0] > len(data[0]))
+    if len(data) > 2:                     # a standard-input run: the harness's status lines
+        lines = [_message(line) for line in data[2].decode(errors="replace").splitlines()]
+        if lines and lines[0] and lines[0][0] == "compile_error":   # written before the program ran
+            report.update(status="compile_error", error_type=lines[0][1], message=lines[0][2])
+        else:
+            error = next((m for m in lines[1:] if m and m[0] == "program_error"), None)
+            if error:                     # the program could forge one: it only lowers its reward
+                report.update(status="program_error", error_type=error[1], message=error[2])
+    return report
 
 
 def _message(line):
@@ -300,21 +307,6 @@ def _message(line):
     if not isinstance(message, list) or len(message) != 3:
         return None
     return [str(field) for field in message]
-
-
-def remove(path):
-    """Removes a file or tree, even one whose permissions the program took away."""
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o700)
-            with os.scandir(path) as entries:
-                for entry in list(entries):
-                    remove(entry.path)
-            os.rmdir(path)
-        else:
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 def main():
