@@ -132,12 +132,12 @@ def contiguous_part(length):
     return slice(start, start + base + (r < extra))
 
 
-def sandbox(timeout, workers=0):
+def sandbox(timeout, workers=0, answers="strict"):
     """A Sandbox on this machine's cores: `workers` slots (0: the cores over the local processes), its
-    uids (as root) apart from those of the other ranks on the machine."""
+    uids (as root) apart from those of the other ranks on the machine, answers compared under `answers`."""
     workers = workers or max(1, (os.cpu_count() or 1) // local_world_size())
     uid_base = SandboxConfig.uid_base + local_rank() * 65536
-    return Sandbox(SandboxConfig(timeout=timeout, uid_base=uid_base), workers=workers)
+    return Sandbox(SandboxConfig(timeout=timeout, uid_base=uid_base, answers=answers), workers=workers)
 
 
 # ----- wrapping the trained model -----

@@ -19,17 +19,16 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-from matplotlib import rcParams
-from matplotlib.figure import Figure  # drawn without pyplot: no backend, no global figure state
-from scipy.stats import gaussian_kde
-
-from bcoder.protocols import OUTCOMES, PROTOCOLS, protocol_table
+from bcoder.config import (CONFIG_FILE, CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, EXPECTED_ERRORS, METRICS_FILE,
+                           REPORT_FILE, STAGES, ArgumentParser, exit_with, read_records, read_run_config)
 from bcoder.data.loading import split_description
 from bcoder.files import write_atomic, write_atomic_with
-from bcoder.run import (ArgumentParser, CONFIG_FILE, CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, EXPECTED_ERRORS, METRICS_FILE,
-                        REPORT_FILE, STAGES, exit_with, read_records, read_run_config)
+from bcoder.protocols import OUTCOMES, PROTOCOLS, protocol_table
 
+# How answers were compared; an eval.json written before the policies existed used APPS's fallbacks.
+ANSWER_POLICY_TEXT = {"strict": "answers compared strictly, as for rewards",
+                      "apps": "answers compared with the official APPS checker's fallbacks, which accept some wrong "
+                              "answers"}
 OUTCOME_LABELS = {"passed": "passed", "failed": "failed", "runtime_error": "runtime error",
                   "compile_error": "compile error"}
 OUTCOME_COLORS = {"passed": "tab:green", "failed": "tab:orange", "runtime_error": "tab:red",
@@ -64,6 +63,10 @@ def read_metrics(run_dir):
 def plot_curves(runs, path):
     """Training curves of one or more runs ({label: run_dir}) into one PNG, one panel per metric some run
     logged; returns the path, or None when no run logged any."""
+    # matplotlib and scipy take seconds to import and only drawing needs them: --help answers at once
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure  # drawn without pyplot: no backend, no global figure state
+
     metrics = {label: read_metrics(run_dir) for label, run_dir in runs.items()}
 
     def series(label, stage, name):
@@ -121,6 +124,10 @@ def write_curves(run_dir, ablations=None):
 
 def plot_return_density(records, path):
     """Figure 3: the density of R~ per true outcome, one panel per policy and one for all."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from scipy.stats import gaussian_kde
+
     policies = list(dict.fromkeys(r["policy"] for r in records))
     groups = [("all samples", records)] + ([(p, [r for r in records if r["policy"] == p]) for p in policies]
                                            if len(policies) > 1 else [])
@@ -175,6 +182,9 @@ def ranked_by_m(records, ks=(1, 5)):
 
 def plot_ranked_vs_m(curves, path, ks=(1, 5)):
     """Figure 5: ranked pass@k against m (log2 axis), unranked pass@k dotted for reference."""
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     colors = rcParams["axes.prop_cycle"].by_key()["color"]
@@ -347,7 +357,8 @@ def write_report(run_dir, ablations=None):
         lines += ["## pass@k (%) on the held-out problems", "",
                   f"Each model samples n={settings.get('n')} programs per problem (temperature "
                   f"{settings.get('temperature')}, top-p {settings.get('top_p')}); every program is scored by "
-                  f"R~ under θ's Q-model (also θ_ckpt's samples) and run against all its problem's tests (passed: every one). "
+                  f"R~ under θ's Q-model (also θ_ckpt's samples) and run against all its problem's tests (passed: every one; "
+                  f"{ANSWER_POLICY_TEXT[settings.get('answers', 'apps')]}). "
                   "unranked: the unbiased estimator from n; ranked: top k of m by R~; filtered: the same after "
                   "dropping programs that fail the example tests (none left = unsolved); oracle: filtered by all the "
                   "tests (pass@m, the upper bound). With m < n, the exact mean over the pool's m-subsets.",

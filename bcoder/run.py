@@ -1,6 +1,6 @@
-"""A training run: its config (TrainConfig and the presets), its directory and the files in it,
-and the checkpoint it starts from. Everything that trains, evaluates, ranks or reports on a run
-reads it through here.
+"""A training run: its directory and the files in it, and the checkpoint it starts from. Everything
+that trains, evaluates or ranks a run opens it through here; its config (TrainConfig, the presets,
+the checks that read no file) is bcoder.config, which the light commands read alone.
 
 The run directory holds config.json (the resolved config), ckpt/ (sft's theta_ckpt and
 tokenizer, unless --model names one), replay.db (every program scored), phi/ and theta/ (the
@@ -8,13 +8,9 @@ Q-models), metrics.jsonl (every logged step), curves.png, eval.json, eval_sample
 report.md and state/ (the resume checkpoints: model, optimiser, scheduler, RNG and data
 position, and a marker per finished stage).
 """
-import argparse
-import dataclasses
 import json
 import shutil
 import sqlite3
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,156 +18,13 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from bcoder import distributed as dist
+from bcoder.config import (CKPT_DIR, CONFIG_FILE, METRICS_FILE, RESULT_NEUTRAL, STATE_DIR, TrainingError, check_config,
+                           config_dict, flag, read_records)
 from bcoder.data.loading import load_split
-from bcoder.data.prompt import MBPP_INSTRUCTION
-from bcoder.data.problems import DataError
-from bcoder.files import LockedError, RunLock, write_atomic, write_atomic_with
+from bcoder.files import RunLock, write_atomic, write_atomic_with
 from bcoder.causal import CausalQModel, CausalQModelConfig, load_causal_checkpoint
 from bcoder.model import QModel, QModelConfig, load_t5_checkpoint
-from bcoder.ops import BACKENDS
-from bcoder.reference import OPERATORS
-from bcoder.replay import ReplayError, ReplayStore
-
-STAGES = ("sft", "sample", "phi", "theta", "eval")
-CONFIG_FILE, REPLAY_FILE, METRICS_FILE = "config.json", "replay.db", "metrics.jsonl"
-EVAL_FILE, EVAL_SAMPLES_FILE, REPORT_FILE, CURVES_FILE = "eval.json", "eval_samples.jsonl", "report.md", "curves.png"
-CKPT_DIR, STATE_DIR = "ckpt", "state"
-
-
-def _field(default, help):
-    return field(default=default, metadata={"help": help})
-
-
-CHOICES = {"operator": OPERATORS, "loss_backend": BACKENDS, "loss_path": ("fused", "logits"),
-           "dtype": ("float32", "bfloat16"), "architecture": ("t5", "qwen2", "llama"),
-           "adapter": ("auto", "lora", "none")}
-
-
-@dataclass
-class TrainConfig:
-    """Every field is a flag of `python -m bcoder.train` (`--field-name`); `--help` shows each one's
-    meaning, default and choices. docs/method.md#hyper-parameters sets the defaults against the paper's."""
-    data: str = _field("tiny", "training problems: tiny, mbpp:PATH or apps:PATH")
-    eval_data: str = _field("", "held-out problems: mbpp:PATH (its test tasks, 11-510) or apps:PATH (every problem "
-                                "there: APPS's test split); empty: from --data (tiny: its test set; MBPP: the test "
-                                "tasks; APPS: an id-sorted fifth, not the paper's split)")
-    mbpp_instruction: str = _field(MBPP_INSTRUCTION, "the MBPP prompt around {question} (WizardCoder's format)")
-    model: str = _field("", "a T5 / CodeT5 checkpoint directory, with its tokenizer, as theta_ckpt (no sft)")
-    replay: str = _field("", "a replay database of an earlier run to start from (no sample stage)")
-    seed: int = _field(0, "seed of the training: initialisation, batches and sampling")
-    data_seed: int = _field(0, "tiny set: the seed that generates its problems (so --seed varies training alone)")
-    n_train: int = _field(1000, "tiny set: training problems")
-    n_test: int = _field(100, "tiny set: held-out problems")
-    max_prompt_tokens: int = _field(600, "prompt tokens; a longer prompt loses the end of its question")
-    max_program_tokens: int = _field(512, "program tokens in training and scoring; longer programs are cut")
-    d_model: int = _field(128, "sft's theta_ckpt (tiny presets): model width")
-    d_ff: int = _field(512, "sft's theta_ckpt: feed-forward width")
-    layers: int = _field(2, "sft's theta_ckpt: encoder and decoder layers")
-    heads: int = _field(4, "sft's theta_ckpt: attention heads (dividing d_model)")
-    architecture: str = _field("t5", "sft's theta_ckpt: t5 (encoder-decoder; layers each side) or a decoder-only "
-                                     "qwen2 or llama (layers in all); --model's checkpoint says its own")
-    adapter: str = _field("auto", "decoder-only models: phi and theta as LoRA adapters on the frozen base (lora) or "
-                                  "full copies of it (none); auto: lora there, copies for T5 (no LoRA path)")
-    lora_rank: int = _field(16, "LoRA adapters' rank")
-    lora_alpha: float = _field(32.0, "LoRA adapters' alpha (their update is scaled by alpha / rank)")
-    lora_targets: str = _field("all-linear", "the modules LoRA adapts: all-linear (every linear layer of the trunk) "
-                                             "or comma-separated module names (q_proj,v_proj)")
-    share_prompt: bool = _field(True, "decoder-only models: the frozen base encodes each prompt once, for the three "
-                                      "policies, which run on the program tokens (the shared encoder's analogue)")
-    sft_steps: int = _field(500, "sft: steps")
-    sft_batch: int = _field(64, "sft: global batch (programs)")
-    sft_lr: float = _field(2e-3, "sft: peak learning rate (linear decay)")
-    samples_per_problem: int = _field(4, "sample: programs per training problem from theta_ckpt")
-    sample_temperature: float = _field(1.0, "sample: temperature (0: greedy, one program)")
-    top_p: float = _field(0.95, "nucleus sampling's p, in sample and eval")
-    sandbox_timeout: float = _field(4.0, "seconds per program and all its tests")
-    workers: int = _field(0, "sandbox slots (0: one per core)")
-    phi_steps: int = _field(200, "phi-stage: steps")
-    phi_batch: int = _field(64, "phi-stage: global batch (programs)")
-    phi_lr: float = _field(1e-3, "phi-stage: constant learning rate")
-    theta_steps: int = _field(150, "theta-stage: steps")
-    theta_batch: int = _field(64, "theta-stage: global batch (programs)")
-    theta_lr: float = _field(1e-5, "theta-stage: peak learning rate (linear decay, no warm-up)")
-    weight_decay: float = _field(0.05, "AdamW's weight decay")
-    rho_real: float = _field(0.5, "share of ground-truth programs in a batch")
-    grad_clip: float = _field(1.0, "gradient norm clip")
-    dtype: str = _field("float32", "the trained decoders' compute dtype (bfloat16: autocast)")
-    gamma: float = _field(0.999, "discount")
-    alpha: float = _field(1.0, "the advantage's temperature: A = alpha (l - max l)")
-    beta_adv: float = _field(0.1, "weight of L_adv (theta-stage)")
-    beta_ce: float = _field(0.5, "weight of L_ce (theta-stage)")
-    operator: str = _field("conservative", "the TD target's action (optimality: Figure 1's ablation)")
-    init_value_from_phi: bool = _field(True, "theta's value starts from phi (no: Figure 1's 'without "
-                                             "initialization' ablation, no phi-stage)")
-    loss_backend: str = _field("auto", "the fused op's backend")
-    loss_path: str = _field("fused", "fused: the loss from the decoders' hidden states, no [B, T, V] logits; "
-                                     "logits: materialise them (for comparison)")
-    gradient_checkpointing: bool = _field(False, "recompute the trained decoder's activations in the backward")
-    eval_samples: int = _field(16, "eval: programs per held-out problem and policy")
-    eval_temperature: float = _field(0.6, "eval: temperature")
-    eval_ks: tuple = _field((1, 5), "eval: the k of pass@k, comma-separated")
-    rank_m: int = _field(0, "eval: candidates ranked per problem (0: all eval_samples); m < pool: the exact "
-                            "mean over its m-subsets")
-    filter_samples: int = _field(0, "eval: a second pool of this size for filtered and oracle (0: the main pool)")
-    filter_temperature: float = _field(0.4, "eval: the second pool's temperature (the paper: m 1000 at 0.4)")
-    max_new_tokens: int = _field(512, "generated tokens per program, in sample and eval alike")
-    curve_every: int = _field(0, "every this many phi/theta steps, greedy pass@1 on curve_problems (0: never)")
-    curve_problems: int = _field(32, "training problems of Figure 1's pass@1 curve (a fixed, seeded subset)")
-    log_every: int = _field(10, "steps between metrics lines")
-    checkpoint_every: int = _field(50, "steps between resume checkpoints")
-
-
-# A resume may change these: they change how a run works, not its results.
-RESULT_NEUTRAL = {"workers", "loss_backend", "loss_path", "gradient_checkpointing", "log_every", "checkpoint_every",
-                  "curve_every", "curve_problems"}
-
-
-PRESETS = {
-    # beta_ce 1000: the best of the theta-stage settings tried over 3 seeds (bench/RESULTS.md, "The theta-stage
-    # over seeds"): at this scale the TD and L_adv gradients flatten theta's policy and every lighter setting
-    # samples worse than theta_ckpt; a dominant L_ce keeps the policy where theta_ckpt's is, while the value head
-    # h1 (which only L_Q reaches) still learns R~. The paper's 0.5 stays the default and --preset paper's.
-    "tiny": TrainConfig(max_new_tokens=96, curve_every=25, beta_ce=1000.0),
-    "smoke": TrainConfig(n_train=24, n_test=8, d_model=32, d_ff=64, heads=2, sft_steps=30, sft_batch=16,
-                         samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6, theta_batch=8,
-                         eval_samples=2, max_new_tokens=48, curve_every=3, curve_problems=4, log_every=2,
-                         checkpoint_every=2),
-    # A decoder-only Qwen2-style model of the tiny preset's size, LoRA adapters for phi and theta.
-    "tiny-causal": TrainConfig(architecture="qwen2", max_new_tokens=96, curve_every=25, theta_lr=1e-4),
-    "smoke-causal": TrainConfig(architecture="qwen2", n_train=24, n_test=8, d_model=32, d_ff=64, heads=2, sft_steps=30,
-                                sft_batch=16, samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6,
-                                theta_batch=8, eval_samples=2, max_new_tokens=48, curve_every=3, curve_problems=4,
-                                log_every=2, checkpoint_every=2, lora_rank=4),
-    # The paper's App. H, for a downloaded CodeT5 / CodeRL checkpoint (--model) on APPS or MBPP (--data,
-    # --eval-data): phi at a constant 1e-5 for 18k steps of 256, theta at a peak 3e-5 decaying linearly over
-    # 10k steps of 128, 256 samples per problem, 600/512 tokens; evaluated at temperature 0.6 with m = 256.
-    "paper": TrainConfig(data="", samples_per_problem=256, sandbox_timeout=4.0,
-                         phi_steps=18000, phi_batch=256, phi_lr=1e-5, theta_steps=10000, theta_batch=128,
-                         theta_lr=3e-5, weight_decay=0.05, rho_real=0.5, alpha=1.0, beta_adv=0.1, beta_ce=0.5,
-                         max_prompt_tokens=600, max_program_tokens=512, max_new_tokens=512, eval_samples=256,
-                         rank_m=256, eval_temperature=0.6, curve_every=500, log_every=50, checkpoint_every=500),
-}
-NEEDS = {"paper": ("model", "data")}   # what a preset leaves to the command line
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what was kept."""
-
-
-# What a command line reports in one line (exit status 2, no traceback): bad input, not a bug.
-EXPECTED_ERRORS = (TrainingError, DataError, ReplayError, LockedError, ValueError, OSError, sqlite3.Error)
-
-
-def exit_with(program, error):
-    print(f"{program}: {error}", file=sys.stderr)
-    sys.exit(2)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, whose errors are one line (not the usage block), exit status 2."""
-
-    def error(self, message):
-        exit_with(self.prog, f"{message} (--help lists the flags)")
+from bcoder.replay import ReplayStore
 
 
 def stage_done(run_dir, stage):
@@ -223,45 +76,10 @@ class Run:
 
 def validate(config):
     """TrainingError (or DataError, ReplayError), one line naming the flag, for a config that cannot
-    run: before a run directory exists. Reads what the run will read: the data files, the
-    checkpoint's config and tokenizer (not its weights) and the replay database."""
-    def flag(name):
-        return "--" + name.replace("_", "-")
-
-    values = dataclasses.asdict(config)
-    for name, choices in CHOICES.items():
-        if values[name] not in choices:
-            raise TrainingError(f"{flag(name)} must be one of {', '.join(choices)}, got {values[name]!r}")
-    at_least = {1: ("sft_steps", "sft_batch", "phi_steps", "phi_batch", "theta_steps", "theta_batch",
-                    "samples_per_problem", "eval_samples", "curve_problems", "log_every", "checkpoint_every",
-                    "max_prompt_tokens", "max_program_tokens", "max_new_tokens", "n_train", "n_test", "d_model",
-                    "d_ff", "layers", "heads", "lora_rank"),
-                0: ("workers", "rank_m", "filter_samples", "curve_every", "seed", "data_seed")}
-    for low, names in at_least.items():
-        for name in names:
-            if not isinstance(values[name], int) or values[name] < low:
-                raise TrainingError(f"{flag(name)} must be an integer >= {low}, got {values[name]!r}")
-    bounds = {**{name: ("> 0", lambda v: v > 0) for name in ("sandbox_timeout", "sft_lr", "phi_lr", "theta_lr",
-                                                               "alpha", "grad_clip", "lora_alpha")},
-              **{name: (">= 0", lambda v: v >= 0) for name in ("sample_temperature", "eval_temperature",
-                                                                "filter_temperature", "weight_decay", "beta_adv",
-                                                                "beta_ce")},
-              **{name: ("in [0, 1]", lambda v: 0 <= v <= 1) for name in ("rho_real", "gamma")},
-              "top_p": ("in (0, 1]", lambda v: 0 < v <= 1)}
-    for name, (bound, holds) in bounds.items():
-        value = values[name]
-        if not isinstance(value, (int, float)) or value != value or not holds(value):
-            raise TrainingError(f"{flag(name)} must be {bound}, got {value!r}")
-    if not config.eval_ks or min(config.eval_ks) < 1:
-        raise TrainingError(f"--eval-ks must be integers >= 1, got {','.join(map(str, config.eval_ks)) or 'none'}")
-    for temperature, samples in (("sample_temperature", "samples_per_problem"), ("eval_temperature", "eval_samples")):
-        if values[temperature] == 0 and values[samples] != 1:
-            raise TrainingError(f"{flag(temperature)} 0 is greedy decoding, one program per problem: "
-                                f"{flag(samples)} must be 1, got {values[samples]}")
-    if config.rank_m > config.eval_samples:
-        raise TrainingError(f"--rank-m {config.rank_m} ranks more candidates than --eval-samples {config.eval_samples}")
-    if config.d_model % config.heads:
-        raise TrainingError(f"--heads {config.heads} must divide --d-model {config.d_model}")
+    run: before a run directory exists. bcoder.config.check_config's checks of the values, then what the
+    run will read: the data files, the checkpoint's config and tokenizer (not its weights) and the replay
+    database."""
+    check_config(config)
     load_split(config)
     causal = check_checkpoint(Path(config.model)) if config.model else config.architecture != "t5"
     if not causal and config.adapter == "lora":
@@ -343,7 +161,7 @@ def _prepare_run_directory(out, config, resume, overwrite, holds_run, lock):
                 saved = json.loads((out / CONFIG_FILE).read_text())
             except ValueError as error:
                 raise TrainingError(f"{out / CONFIG_FILE}: not valid JSON ({error})") from None
-            changed = [f"--{k.replace('_', '-')} ({saved.get(k)!r} there, {v!r} now)"
+            changed = [f"{flag(k)} ({saved.get(k)!r} there, {v!r} now)"
                        for k, v in config_dict(config).items() if k not in RESULT_NEUTRAL and saved.get(k) != v]
             if changed:
                 raise TrainingError(f"--resume: {out} was started with other settings that change results: "
@@ -361,28 +179,6 @@ def copy_replay(source, target):
             copy.close()
 
     write_atomic_with(target, backup)
-
-
-def config_dict(config):
-    """The config as JSON-able plain data (config.json's content)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def read_run_config(run_dir):
-    """The run's TrainConfig from its config.json; fields the file lacks keep their defaults (runs
-    written before a field existed)."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise TrainingError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError as error:
-        raise TrainingError(f"{path}: not valid JSON ({error})") from None
-    values = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in saved:
-            values[f.name] = tuple(saved[f.name]) if f.type is tuple else saved[f.name]
-    return TrainConfig(**values)
 
 
 def ckpt_dir(run_dir, config):
@@ -457,16 +253,3 @@ def tokenizer_in(directory):
     if tokenizer.pad_token is None:   # Llama-style tokenizers have none; every mask here is explicit
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def read_records(path):
-    """The JSON records of a JSON-lines file the run writes, skipping a line a kill left torn."""
-    records = []
-    for line in Path(path).read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records

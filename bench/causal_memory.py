@@ -69,7 +69,7 @@ def build(args, mode):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from bcoder.causal import CausalQModel, CausalQModelConfig
-    from bcoder.train import q_loss
+    from bcoder.stages import q_loss
     from common import generator, make_labels  # bench/common.py
 
     adapter, share_prompt = MODES[mode]

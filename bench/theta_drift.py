@@ -27,7 +27,8 @@ import torch
 from bcoder.data.loading import load_split
 from bcoder.reference import bellman_loss
 from bcoder.replay import ReplayStore
-from bcoder.run import load_q_model, load_tokenizer, read_run_config
+from bcoder.config import read_run_config
+from bcoder.run import load_q_model, load_tokenizer
 from bcoder.sampling import encode, fit_prompts
 
 

@@ -4,8 +4,8 @@ LM-head path's memory and time against the logits path.
     python bench/train.py                  # throughput table: bellman_loss backends cpp vs reference
     python bench/train.py --memory --json  # CodeT5-small shape: loss_path "fused" vs "logits", one JSON object
 
-One theta-stage step = bcoder.train.q_loss (shared encoder, theta_ckpt, phi and theta decoders and
-the loss), backward, AdamW step, as bcoder.train's training loop runs it (zero_grad after the
+One theta-stage step = bcoder.stages.q_loss (shared encoder, theta_ckpt, phi and theta decoders and
+the loss), backward, AdamW step, as bcoder.stages' training loop runs it (zero_grad after the
 forward; no gradient clipping here). Random weights, fixed batches; the programs, their mask,
 rewards and ground-truth flags come from bench/common.py's builder (half of the programs ground
 truth, the even ones).
@@ -47,8 +47,8 @@ import transformers
 from transformers import T5Config, T5ForConditionalGeneration
 
 from bcoder.model import QModel, QModelConfig
-from bcoder.run import PRESETS
-from bcoder.train import q_loss
+from bcoder.config import PRESETS
+from bcoder.stages import q_loss
 
 from common import generator, make_labels, reset_peak_rss, resident_bytes  # bench/common.py
 

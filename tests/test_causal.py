@@ -301,7 +301,8 @@ def test_smoke_causal_runs_every_stage(causal_run):
     # The tokenizer beside the qwen2 model is the one sft trained with (not a Qwen2Tokenizer over its vocabulary).
     from bcoder.data.loading import load_split
     from bcoder.data.tokenizer import tiny_tokenizer
-    from bcoder.run import load_tokenizer, read_run_config
+    from bcoder.config import read_run_config
+    from bcoder.run import load_tokenizer
 
     config = read_run_config(causal_run)
     train_problems = load_split(config)[0]
@@ -343,7 +344,7 @@ def test_killed_causal_theta_stage_resumes_to_identical_adapters(causal_run, tmp
 
 
 def test_rank_scores_programs_with_a_causal_run(causal_run, tmp_path):
-    from bcoder.rank import Scorer
+    from bcoder.scoring import Scorer
 
     samples = [json.loads(line) for line in (causal_run / "eval_samples.jsonl").read_text().splitlines()][:6]
     path = tmp_path / "samples.jsonl"
@@ -369,7 +370,7 @@ def save_checkpoint(directory, extra_vocab=0):
     """A Qwen2 model with the tiny tokenizer of the smoke data, saved as a downloaded checkpoint would be."""
     from bcoder.data.loading import load_split
     from bcoder.data.tokenizer import tiny_tokenizer
-    from bcoder.run import PRESETS
+    from bcoder.config import PRESETS
 
     tokenizer = tiny_tokenizer(load_split(PRESETS["smoke-causal"])[0])
     config = Qwen2Config(vocab_size=len(tokenizer) + extra_vocab, hidden_size=32, intermediate_size=64,
@@ -383,7 +384,8 @@ def save_checkpoint(directory, extra_vocab=0):
 def test_model_flag_takes_a_causal_checkpoint_and_checks_it(tmp_path):
     import dataclasses
 
-    from bcoder.run import PRESETS, TrainingError, q_model_config, validate
+    from bcoder.config import PRESETS, TrainingError
+    from bcoder.run import q_model_config, validate
 
     config = dataclasses.replace(PRESETS["smoke-causal"], model=str(save_checkpoint(tmp_path / "ok")))
     validate(config)

@@ -68,6 +68,21 @@ def test_cli_on_mbpp_and_apps(tmp_path, capsys):
     assert [r["outcome"] for r in rows] == ["passed", "failed"]
 
 
+def test_cli_says_which_answer_policy_judged(tmp_path, capsys):
+    """Tokens out of order pass APPS's checker (lines as token sets), not the strict default."""
+    problem = {"problem_id": 7, "question": "Print 1 to n.", "input_output": {"inputs": ["3\n"], "outputs": ["1 2 3\n"]}}
+    problems = write_jsonl(tmp_path / "problems.jsonl", [problem])
+    samples = write_jsonl(tmp_path / "samples.jsonl", [{"task_id": "7", "program": "print(*range(int(input()), 0, -1))"}])
+    outcomes = {}
+    for policy in ("strict", "apps"):
+        main(["--format", "apps", "--problems", str(problems), "--samples", str(samples), "--answers", policy,
+              "--out", str(tmp_path / f"{policy}.jsonl"), "--workers", "1", "--timeout", "5"])
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["answers"] == policy
+        outcomes[policy] = json.loads((tmp_path / f"{policy}.jsonl").read_text())["outcome"]
+    assert outcomes == {"strict": "failed", "apps": "passed"}
+
+
 @pytest.mark.parametrize("lines, error", [
     (['{"task_id": "HumanEval/0", "completion": "x"}', '{"task_id": "HumanEval/999", "completion": "x"}'],
      r"samples\.jsonl:2: field 'task_id': unknown task id 'HumanEval/999'"),

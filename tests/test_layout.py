@@ -23,6 +23,15 @@ LOCAL_IMPORTS = {
     ("bcoder/causal.py", "peft"),                     # 2 s to import; only LoRA Q-models need it
     ("bcoder/data/fetch.py", "huggingface_hub"),      # only fetching needs the hub and parquet
     ("bcoder/data/fetch.py", "pyarrow"),
+    # A command reads its flags before torch, transformers and the models load: --help and a flag error
+    # answer at once, and judging given samples never loads them (tests/test_cli.py)
+    ("bcoder/train.py", "bcoder.stages"),
+    ("bcoder/evaluate.py", "bcoder.stages"),
+    ("bcoder/rank.py", "bcoder.sampling"),
+    ("bcoder/rank.py", "bcoder.scoring"),
+    ("bcoder/report.py", "matplotlib"),               # matplotlib and scipy take seconds; only drawing needs them
+    ("bcoder/report.py", "numpy"),
+    ("bcoder/report.py", "scipy"),
 }
 OUTSIDE = re.compile(r"\bSPEC\b|SPEC\.md|DESIGN\.md|\.\./shared|/work/|\.\./\.\.")
 

@@ -14,7 +14,7 @@ from bcoder.data.loading import load_split
 from bcoder.data.problems import Problem, default_data_dir
 from bcoder.protocols import (PROTOCOLS, pass_at_k, protocol_pass_at_k, protocol_report, protocol_table,
                               top_k_solved)
-from bcoder.run import read_run_config
+from bcoder.config import read_run_config
 from bcoder.sandbox import UnitTests
 from smoke_run import REPO, smoke_run_dir
 

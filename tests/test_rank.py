@@ -9,9 +9,9 @@ import torch
 from bcoder import token_rewards
 from bcoder.data.prompt import prompt_text
 from bcoder.data.loading import load_split
-from bcoder.rank import Scorer
+from bcoder.scoring import Scorer
 from bcoder.reference import capped_value
-from bcoder.run import read_run_config
+from bcoder.config import read_run_config
 from bcoder.sampling import encode
 from smoke_run import REPO, smoke_run_dir
 

@@ -16,7 +16,7 @@ import pytest
 from bcoder.data.mbpp import load_mbpp
 from bcoder.data.problems import DataError, default_data_dir
 from bcoder.files import RunLock, replace_directory, write_atomic
-from bcoder.run import PRESETS, TrainConfig
+from bcoder.config import PRESETS, TrainConfig
 from bcoder.train import main
 from smoke_run import REPO, smoke_run_dir
 

@@ -131,7 +131,7 @@ def test_the_training_seed_leaves_the_tiny_data_alone():
     import dataclasses
 
     from bcoder.data.loading import load_split
-    from bcoder.run import PRESETS
+    from bcoder.config import PRESETS
 
     config = PRESETS["smoke"]
     task_ids = lambda c: [p.task_id for split in load_split(c) for p in split]

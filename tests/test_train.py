@@ -15,9 +15,10 @@ from transformers import AutoTokenizer
 import bcoder
 from bcoder.model import QModel, QModelConfig, program_mask
 from bcoder.data.loading import load_split
-from bcoder.run import PRESETS
+from bcoder.config import PRESETS
 from bcoder.sampling import encode, fit_prompts
-from bcoder.train import main, q_loss
+from bcoder.stages import q_loss
+from bcoder.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,6 +214,7 @@ def test_the_paper_preset_and_print_config():
         "theta_batch": 128, "weight_decay": 0.05, "samples_per_problem": 256, "max_prompt_tokens": 600,
         "max_program_tokens": 512, "max_new_tokens": 512, "rho_real": 0.5, "alpha": 1.0, "beta_adv": 0.1,
         "beta_ce": 0.5, "eval_temperature": 0.6, "rank_m": 256, "eval_data": "apps:test"}
-    missing = subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "paper", "--print-config"],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "--preset paper needs --model and --data" in missing.stderr
+    alone = subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "paper", "--print-config"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0 and json.loads(alone.stdout)["phi_steps"] == 18000
+    assert "a run of --preset paper also needs --model and --data" in alone.stderr

@@ -1,0 +1,74 @@
+"""The free reward model of a trained run (bcoder.rank's docstring: r~ and R~): `Scorer` scores
+(prompt, program) pairs under the run's theta Q-model. It loads torch, transformers and the model:
+the commands import it once their flags are good.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bcoder.config import read_run_config
+from bcoder.loss import token_rewards
+from bcoder.run import load_q_model, load_tokenizer
+from bcoder.sampling import encode
+
+
+@dataclass
+class ProgramScore:
+    ret: float             # R~(W)
+    rewards: list          # r~ per token of the program (EOS included)
+    tokens: list           # the program's tokens, as the tokenizer cut it
+
+
+class Scorer:
+    """R~ and r~ of (prompt, program) pairs under a theta-stage Q-model (T5 QModel or CausalQModel).
+
+    scorer = Scorer.from_run("runs/tiny"); scores = scorer.score(prompts, programs)
+    """
+
+    def __init__(self, model, tokenizer, gamma=0.999, alpha=1.0, max_prompt_tokens=600, max_program_tokens=512,
+                 batch_size=64, backend="auto"):
+        if model.stage != "theta":
+            raise ValueError(f"the reward model is Q_theta: need a theta-stage QModel, got stage {model.stage!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.gamma, self.alpha, self.backend = gamma, alpha, backend
+        self.max_prompt_tokens, self.max_program_tokens, self.batch_size = max_prompt_tokens, max_program_tokens, batch_size
+
+    @classmethod
+    def from_run(cls, run_dir, config=None, batch_size=64):
+        """The scorer of a trained run: RUN_DIR/theta (the Q-model) and the run's tokenizer, gamma, alpha."""
+        run_dir = Path(run_dir)
+        config = config or read_run_config(run_dir)
+        if not (run_dir / "theta").is_dir():
+            raise FileNotFoundError(f"{run_dir / 'theta'} not found: the run has no trained theta (run its theta stage)")
+        model = load_q_model(run_dir, config, "theta")
+        tokenizer = load_tokenizer(run_dir, config)
+        return cls(model, tokenizer, gamma=config.gamma, alpha=config.alpha, max_prompt_tokens=config.max_prompt_tokens,
+                   max_program_tokens=config.max_program_tokens, batch_size=batch_size, backend=config.loss_backend)
+
+    @torch.no_grad()
+    def score(self, prompts, programs):
+        """One ProgramScore per (prompt, program), in input order. Batches group rows by prompt and
+        length (less padding); padding does not change a row's scores."""
+        if len(prompts) != len(programs):
+            raise ValueError(f"{len(prompts)} prompts for {len(programs)} programs")
+        causal = self.model.causal
+        lengths = [len(self.tokenizer(p).input_ids) for p in programs]
+        order = sorted(range(len(programs)), key=lambda i: (lengths[i], prompts[i]))
+        scores = [None] * len(programs)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            prompt_ids, prompt_mask, _ = encode(self.tokenizer, [prompts[i] for i in rows], self.max_prompt_tokens)
+            actions, mask, _ = encode(self.tokenizer, [programs[i] for i in rows], self.max_program_tokens,
+                                      program=True, causal=causal)
+            device = next(self.model.parameters()).device
+            prompt_ids, prompt_mask, actions, mask = (t.to(device) for t in (prompt_ids, prompt_mask, actions, mask))
+            out = self.model(prompt_ids, prompt_mask, actions)
+            r = token_rewards(out.logits.float(), out.values.float(), actions, mask, gamma=self.gamma,
+                              alpha=self.alpha, backend=self.backend)
+            for row, i in enumerate(rows):
+                n = int(mask[row].sum())
+                per_token = r[row, :n].tolist()
+                scores[i] = ProgramScore(float(r[row, :n].double().sum()), per_token,
+                                         self.tokenizer.convert_ids_to_tokens(actions[row, :n].tolist()))
+        return scores
