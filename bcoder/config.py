@@ -75,7 +75,7 @@ class TrainConfig:
     samples_per_problem: int = _field(4, "sample: programs per training problem from theta_ckpt")
     sample_temperature: float = _field(1.0, "sample: temperature (0: greedy, one program)")
     top_p: float = _field(0.95, "nucleus sampling's p, in sample and eval")
-    sandbox_timeout: float = _field(4.0, "seconds per program and all its tests")
+    sandbox_timeout: float = _field(4.0, "CPU seconds per program and all its tests (wall-clock limit 3x)")
     workers: int = _field(0, "sandbox slots (0: one per core)")
     phi_steps: int = _field(200, "phi-stage: steps")
     phi_batch: int = _field(64, "phi-stage: global batch (programs)")
