@@ -116,7 +116,7 @@ def memory_child(args):
     import torch
 
     import bcoder.causal  # noqa: F401
-    import bcoder.train  # noqa: F401
+    import bcoder.stages  # noqa: F401
     from common import reset_peak_rss, resident_bytes  # bench/common.py
 
     torch.set_num_threads(2)

@@ -1,7 +1,6 @@
 """`python -m bcoder.data fetch`: the shipped data sets, laid out as the hub serves them, convert back
 to the same problems; the command line stays light and fails in one line. Nothing is downloaded: a
 fake hub in tmp_path replaces bcoder.data.fetch's `download` and `list_files`."""
-import gzip
 import hashlib
 import json
 import os

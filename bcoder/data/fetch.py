@@ -18,11 +18,10 @@ in SHA256SUMS in the output folder. The hub keeps downloads in its cache (HF_HOM
 interrupted ones. huggingface_hub and pyarrow are imported on first use.
 """
 import gzip
-import hashlib
 import json
 from pathlib import Path
 
-from bcoder.data.problems import CHECKSUMS, read_jsonl, recorded_checksums
+from bcoder.data.problems import CHECKSUMS, file_sha256, read_jsonl, recorded_checksums
 from bcoder.files import write_atomic
 
 DATASETS = ("mbpp", "humaneval", "apps")
@@ -95,19 +94,11 @@ def pick(row, fields, where):
     return {name: row[name] for name in fields}
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def record_checksums(out, names):
     """Sets the sha256 of the files `names` in out/SHA256SUMS (sha256sum's format, sorted by name),
     keeping the entries of other files."""
     sums = recorded_checksums(out)
-    sums.update({name: sha256(out / name) for name in names})
+    sums.update({name: file_sha256(out / name) for name in names})
     write_atomic(out / CHECKSUMS, "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)))
 
 

@@ -64,6 +64,15 @@ def recorded_checksums(folder):
     return recorded
 
 
+def file_sha256(path):
+    """The SHA-256 of a file, read in blocks (the full APPS files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify_checksum(path):
     """Raises DataError when a SHA256SUMS beside `path` records another hash for it: a data file
     changed since it was recorded (truncated, edited, or another release) would change every result
@@ -72,7 +81,7 @@ def verify_checksum(path):
     expected = recorded_checksums(path.parent).get(path.name)
     if expected is None:
         return
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    actual = file_sha256(path)
     if actual != expected:
         raise DataError(f"{path}: SHA-256 {actual} differs from {expected} recorded in {path.parent / CHECKSUMS}: "
                         f"the file changed since it was recorded (restore it, or fetch it again)")
