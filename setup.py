@@ -54,6 +54,6 @@ setup(
                       "matplotlib", "scipy"],
     extras_require={
         "fetch": ["huggingface_hub>=0.23", "pyarrow>=14"],   # python -m bcoder.data fetch
-        "test": ["pytest", "pytest-benchmark", "expecttest", "triton", "pyarrow>=14"],
+        "test": ["pytest", "pytest-benchmark", "expecttest", "triton", "pyarrow>=14", "ruff"],
     },
 )

@@ -25,7 +25,8 @@ def registered_keys(op):
     """The dispatch keys with a kernel registered for `op` itself (fallbacks excluded)."""
     import torch
 
-    dump = torch._C._dispatch_dump(op)  # "name: ...", "schema: ...", "debug: registered at ...", then "KEY: registered at ..."
+    # "name: ...", "schema: ...", "debug: registered at ...", then "KEY: registered at ..."
+    dump = torch._C._dispatch_dump(op)
     return [m.group(1) for m in re.finditer(r"^(\w+): registered at ", dump, re.M) if m.group(1) != "debug"]
 
 

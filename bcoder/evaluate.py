@@ -22,15 +22,16 @@ judge) and against the example tests alone (for filtered), and scored by R~ unde
 theta (bcoder.rank). Writes RUN_DIR/eval.json and eval_samples.jsonl (or --out and its
 _samples.jsonl).
 """
-import dataclasses
 import json
 from pathlib import Path
 
-from bcoder.config import EVAL_FILE, EXPECTED_ERRORS, ArgumentParser, exit_with, read_run_config
+from bcoder.cli import EXPECTED_ERRORS, ArgumentParser, exit_with
+from bcoder.config import with_values
 from bcoder.data.loading import LOADERS, load_problems_file, problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
 from bcoder.files import RunLock, check_output, write_atomic
 from bcoder.protocols import PROTOCOLS, pass_at_k
+from bcoder.run import EVAL_FILE, read_run_config
 from bcoder.sandbox import REWARDS, run_programs
 from bcoder.sandbox.answers import POLICIES as ANSWER_POLICIES
 
@@ -64,7 +65,8 @@ def run_main(args):
     protocols = PROTOCOLS if args.protocol in (None, "all") else tuple(args.protocol.split(","))
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
-        exit_with("bcoder.evaluate", f"unknown protocol(s) {sorted(unknown)}: choose from {', '.join(PROTOCOLS)} or all")
+        exit_with("bcoder.evaluate",
+                  f"unknown protocol(s) {sorted(unknown)}: choose from {', '.join(PROTOCOLS)} or all")
     try:
         target = Path(args.out) if args.out else Path(args.run) / EVAL_FILE
         for path in (target, target.with_name(target.stem + "_samples.jsonl")):
@@ -72,15 +74,15 @@ def run_main(args):
         config = read_run_config(args.run)
         overrides = {"eval_samples": args.n, "rank_m": args.m, "eval_temperature": args.temperature,
                      "filter_samples": args.filter_n, "filter_temperature": args.filter_temperature,
-                     "sandbox_timeout": args.timeout,
+                     "sandbox_timeout": args.timeout, "workers": args.workers,
                      "eval_ks": tuple(int(k) for k in args.k.split(",")) if args.k else None}
-        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        config = with_values(config, **{k: v for k, v in overrides.items() if v is not None})
         problems = None
         if args.problems:
-            problems = list(problems_of(config, args.problems, args.format).values())
+            problems = list(problems_of(config.data, args.problems, args.format).values())
         samples = None
         if args.samples:
-            by_id = {p.task_id: p for p in problems} if problems else problems_of(config)
+            by_id = {p.task_id: p for p in problems} if problems else problems_of(config.data)
             records = [record for _, record in read_jsonl(args.samples)]
             samples = [{**record, "task_id": t, "program": program}
                        for record, (t, program) in zip(records, read_samples(args.samples, by_id))]
@@ -92,7 +94,7 @@ def run_main(args):
         from bcoder.stages import evaluate_run  # torch and the models: judging given samples alone needs neither
         with RunLock(args.run):      # no training process writes the run meanwhile
             report = evaluate_run(args.run, config, protocols=protocols, samples=samples, problems=problems,
-                                  out=args.out, workers=args.workers, answers=args.answers)
+                                  out=args.out, answers=args.answers)
     except EXPECTED_ERRORS as error:
         exit_with("bcoder.evaluate", error)
     print(json.dumps(report, indent=2))

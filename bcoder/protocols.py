@@ -66,7 +66,8 @@ def protocol_pass_at_k(protocol, candidates, k, m=None):
     scores = [c["return"] for c in candidates]
     if protocol not in ("ranked", "filtered", "oracle"):
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    keep = None if protocol == "ranked" else passed if protocol == "oracle" else [c["example_passed"] for c in candidates]
+    keep = (None if protocol == "ranked" else passed if protocol == "oracle"
+            else [c["example_passed"] for c in candidates])
     return top_k_solved(scores, passed, k, m, keep)
 
 

@@ -18,10 +18,11 @@ Programs from another model are scored the same way (the paper's Table 3).
 """
 import json
 
-from bcoder.config import EXPECTED_ERRORS, ArgumentParser, exit_with, read_run_config
+from bcoder.cli import EXPECTED_ERRORS, ArgumentParser, exit_with
 from bcoder.data.loading import problems_of, read_samples
 from bcoder.data.problems import DataError, read_jsonl
 from bcoder.files import check_output, write_atomic
+from bcoder.run import read_run_config
 
 
 def main(argv=None):
@@ -39,7 +40,7 @@ def main(argv=None):
     try:
         check_output(args.out, args.force, [("--samples", args.samples), ("--problems", args.problems)])
         config = read_run_config(args.run)
-        problems = problems_of(config, args.problems, args.format)
+        problems = problems_of(config.data, args.problems, args.format)
         samples = read_samples(args.samples, problems)
         if not samples:
             raise DataError(f"{args.samples}: no samples")
@@ -48,7 +49,8 @@ def main(argv=None):
         from bcoder.sampling import fit_prompt
         from bcoder.scoring import Scorer
         scorer = Scorer.from_run(args.run, config, args.batch_size)
-        prompts = {t: fit_prompt(scorer.tokenizer, problems[t], config.max_prompt_tokens, config.mbpp_instruction)[0]
+        data = config.data
+        prompts = {t: fit_prompt(scorer.tokenizer, problems[t], data.max_prompt_tokens, data.mbpp_instruction)[0]
                    for t, _ in samples}
         scores = scorer.score([prompts[t] for t, _ in samples], [p for _, p in samples])
         write_atomic(args.out, "".join(json.dumps({**record, "program": program, "return": s.ret,

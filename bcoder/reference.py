@@ -116,11 +116,6 @@ def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1
     return torch.where(mask, q - gamma * v_next, 0.0)
 
 
-def program_returns(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0):
-    """R~(W) = sum_t r~(s_t, a_t), one score per program for ranking: [B]."""
-    return token_rewards(logits, values, actions, mask, gamma=gamma, alpha=alpha, r_max=r_max).sum(dim=1)
-
-
 def bellman_stats(logits, ckpt_logits, actions):
     """The per-row statistics of the fused-op contract (docs/method.md#the-fused-op), for [N, V] logits.
 

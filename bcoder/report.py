@@ -19,11 +19,21 @@ import math
 import sys
 from pathlib import Path
 
-from bcoder.config import (CONFIG_FILE, CURVES_FILE, EVAL_FILE, EVAL_SAMPLES_FILE, EXPECTED_ERRORS, METRICS_FILE,
-                           REPORT_FILE, STAGES, ArgumentParser, exit_with, read_records, read_run_config)
+from bcoder.cli import EXPECTED_ERRORS, ArgumentParser, exit_with
 from bcoder.data.loading import split_description
 from bcoder.files import write_atomic, write_atomic_with
 from bcoder.protocols import OUTCOMES, PROTOCOLS, protocol_table
+from bcoder.run import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    EVAL_FILE,
+    EVAL_SAMPLES_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    STAGES,
+    read_records,
+    read_run_config,
+)
 
 # How answers were compared; an eval.json written before the policies existed used APPS's fallbacks.
 ANSWER_POLICY_TEXT = {"strict": "answers compared strictly, as for rewards",
@@ -298,18 +308,21 @@ def run_description(run_dir, config):
     """What the run is: its data and split, theta_ckpt, and the stages as they ran."""
     metrics = read_metrics(run_dir)
     ran = [r["stage"] for r in read_log(Path(run_dir) / METRICS_FILE) if "wall_seconds" in r]
+    model, loss, data = config.model, config.loss, config.data
     done = []
     for stage in STAGES:
         if stage not in ran:
             continue
         last = max((r["step"] for r in metrics.get(stage, []) if "loss" in r), default=None)
         done.append({"sft": f"sft ({last} steps)", "phi": f"phi ({last} steps)", "theta": f"theta ({last} steps)",
-                     "sample": f"sample ({config.samples_per_problem} programs per training problem)"}.get(stage, stage))
-    ckpt = f"`{config.model}` (given)" if config.model else f"trained here from scratch (sft, {config.sft_steps} steps)"
-    return [f"Problems: {split_description(config)}. θ_ckpt: {ckpt}. Stages run: {', '.join(done) or 'none'}. "
-            f"Operator {config.operator}, γ={config.gamma}, α={config.alpha}, β_adv={config.beta_adv}, "
-            f"β_ce={config.beta_ce}; programs up to {config.max_program_tokens} tokens (generated: "
-            f"{config.max_new_tokens}), prompts up to {config.max_prompt_tokens}.", ""]
+                     "sample": f"sample ({config.sample.samples_per_problem} programs per training problem)"
+                     }.get(stage, stage))
+    ckpt = (f"`{model.checkpoint}` (given)" if model.checkpoint
+            else f"trained here from scratch (sft, {config.sft.steps} steps)")
+    return [f"Problems: {split_description(data)}. θ_ckpt: {ckpt}. Stages run: {', '.join(done) or 'none'}. "
+            f"Operator {loss.operator}, γ={loss.gamma}, α={loss.alpha}, β_adv={loss.beta_adv}, "
+            f"β_ce={loss.beta_ce}; programs up to {data.max_program_tokens} tokens (generated: "
+            f"{config.sample.max_new_tokens}), prompts up to {data.max_prompt_tokens}.", ""]
 
 
 def length_table(run_dir, report):
@@ -347,7 +360,7 @@ def write_report(run_dir, ablations=None):
         except ValueError as error:
             raise ValueError(f"{run_dir / EVAL_FILE}: not valid JSON ({error}); rerun the eval stage") from None
     records = [r for r in read_log(run_dir / EVAL_SAMPLES_FILE) if "return" in r]
-    ks = tuple(config.eval_ks)
+    ks = tuple(config.eval.ks)
     curves = write_curves(run_dir, ablations)
     lines = [f"# B-Coder run report: `{run_dir}`", "", *run_description(run_dir, config)]
     if report is None:
@@ -357,7 +370,8 @@ def write_report(run_dir, ablations=None):
         lines += ["## pass@k (%) on the held-out problems", "",
                   f"Each model samples n={settings.get('n')} programs per problem (temperature "
                   f"{settings.get('temperature')}, top-p {settings.get('top_p')}); every program is scored by "
-                  f"R~ under θ's Q-model (also θ_ckpt's samples) and run against all its problem's tests (passed: every one; "
+                  f"R~ under θ's Q-model (also θ_ckpt's samples) and run against all its problem's tests "
+                  f"(passed: every one; "
                   f"{ANSWER_POLICY_TEXT[settings.get('answers', 'apps')]}). "
                   "unranked: the unbiased estimator from n; ranked: top k of m by R~; filtered: the same after "
                   "dropping programs that fail the example tests (none left = unsolved); oracle: filtered by all the "
@@ -378,8 +392,8 @@ def write_report(run_dir, ablations=None):
                   "![ranked vs m](ranked_vs_m.png)", "", *rows, ""]
     if curves:
         lines += ["Training curves (paper Figure 1: greedy pass@1 on a fixed subset of the training problems, during "
-                  "theta, and of theta_ckpt during phi, dashed" + (", with " + ", ".join(ablations) if ablations else "")
-                  + "):",
+                  "theta, and of theta_ckpt during phi, dashed"
+                  + (", with " + ", ".join(ablations) if ablations else "") + "):",
                   "", "![training curves](curves.png)", ""]
     lengths = length_table(run_dir, report)
     lines += ["## Training", "", *training_summary(run_dir), "",

@@ -64,14 +64,15 @@ def fit_prompts(tokenizer, problems, max_tokens, mbpp_instruction=MBPP_INSTRUCTI
     return [text for text, _ in fitted], sum(cut for _, cut in fitted)
 
 
-def generate(policy_model, tokenizer, prompts, samples, temperature, config):
+def generate(policy_model, tokenizer, prompts, samples, temperature, top_p, max_prompt_tokens, max_new_tokens):
     """(programs, capped): `samples` programs per prompt (adjacent), decoded, and for each whether it
-    stopped at config.max_new_tokens without its end token; temperature 0 means one greedy program.
+    stopped at max_new_tokens without its end token; temperature 0 means one greedy program, else nucleus
+    sampling with top_p. Prompts are cut to max_prompt_tokens.
 
     policy_model is a T5ForConditionalGeneration or a causal LM (`policy_model` of a Q-model): sampling
     from softmax(logits) samples the B-Coder policy (docs/method.md#the-q-function), so Hugging Face
     `generate` serves as it is. A causal LM continues its left-padded prompts."""
-    prompt_ids, prompt_mask, _ = encode(tokenizer, prompts, config.max_prompt_tokens)
+    prompt_ids, prompt_mask, _ = encode(tokenizer, prompts, max_prompt_tokens)
     causal = not policy_model.config.is_encoder_decoder
     if causal:
         prompt_ids, prompt_mask = left_pad(prompt_ids, prompt_mask, tokenizer.pad_token_id)
@@ -80,16 +81,16 @@ def generate(policy_model, tokenizer, prompts, samples, temperature, config):
     if temperature == 0:
         sampling = {"do_sample": False}
     else:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": config.top_p,
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p,
                     "num_return_sequences": samples}
     policy_model.eval()
     with torch.no_grad():
         if causal:  # the tokenizer's: a downloaded causal LM's generation config may name other ids
             sampling.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         sequences = policy_model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                          max_new_tokens=config.max_new_tokens, **sampling)
+                                          max_new_tokens=max_new_tokens, **sampling)
     tokens = sequences[:, prompt_ids.shape[1] if causal else 1:]  # without the prompt (causal) or start token
-    capped = (~(tokens == tokenizer.eos_token_id).any(dim=1) & (tokens.shape[1] >= config.max_new_tokens)).tolist()
+    capped = (~(tokens == tokenizer.eos_token_id).any(dim=1) & (tokens.shape[1] >= max_new_tokens)).tolist()
     return tokenizer.batch_decode(tokens, skip_special_tokens=True), capped
 
 
@@ -103,15 +104,16 @@ def left_pad(ids, mask, pad_token_id):
     return ids.gather(1, source).masked_fill(~left_mask, pad_token_id), left_mask
 
 
-def sample_pool(policy_model, tokenizer, prompts, size, temperature, config, cap=256):
-    """(programs, capped): `size` programs per prompt (adjacent), generated at most `cap` sequences at a time."""
+def sample_pool(policy_model, tokenizer, prompts, size, temperature, cap=256, **decoding):
+    """(programs, capped): `size` programs per prompt (adjacent), generated at most `cap` sequences at a time;
+    decoding: generate's top_p, max_prompt_tokens and max_new_tokens."""
     programs, capped = [], []
     per_call = max(1, cap // size)
     for start in range(0, len(prompts), per_call):
         chunk = prompts[start:start + per_call]
         for done in range(0, size, cap):
             more, more_capped = generate(policy_model, tokenizer, chunk, samples=min(cap, size - done),
-                                         temperature=temperature, config=config)
+                                         temperature=temperature, **decoding)
             programs += more
             capped += more_capped
     return programs, capped

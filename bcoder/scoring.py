@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from bcoder.config import read_run_config
 from bcoder.loss import token_rewards
-from bcoder.run import load_q_model, load_tokenizer
+from bcoder.models import Checkpoint
+from bcoder.run import ckpt_dir, read_run_config
 from bcoder.sampling import encode
 
 
@@ -32,7 +32,8 @@ class Scorer:
             raise ValueError(f"the reward model is Q_theta: need a theta-stage QModel, got stage {model.stage!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.gamma, self.alpha, self.backend = gamma, alpha, backend
-        self.max_prompt_tokens, self.max_program_tokens, self.batch_size = max_prompt_tokens, max_program_tokens, batch_size
+        self.max_prompt_tokens, self.max_program_tokens = max_prompt_tokens, max_program_tokens
+        self.batch_size = batch_size
 
     @classmethod
     def from_run(cls, run_dir, config=None, batch_size=64):
@@ -40,11 +41,13 @@ class Scorer:
         run_dir = Path(run_dir)
         config = config or read_run_config(run_dir)
         if not (run_dir / "theta").is_dir():
-            raise FileNotFoundError(f"{run_dir / 'theta'} not found: the run has no trained theta (run its theta stage)")
-        model = load_q_model(run_dir, config, "theta")
-        tokenizer = load_tokenizer(run_dir, config)
-        return cls(model, tokenizer, gamma=config.gamma, alpha=config.alpha, max_prompt_tokens=config.max_prompt_tokens,
-                   max_program_tokens=config.max_program_tokens, batch_size=batch_size, backend=config.loss_backend)
+            raise FileNotFoundError(f"{run_dir / 'theta'} not found: the run has no trained theta "
+                                    f"(run its theta stage)")
+        checkpoint = Checkpoint(ckpt_dir(run_dir, config), config.model.architecture)
+        loss, data = config.loss, config.data
+        return cls(checkpoint.load_q_model(run_dir / "theta"), checkpoint.tokenizer(), gamma=loss.gamma,
+                   alpha=loss.alpha, max_prompt_tokens=data.max_prompt_tokens,
+                   max_program_tokens=data.max_program_tokens, batch_size=batch_size, backend=loss.backend)
 
     @torch.no_grad()
     def score(self, prompts, programs):

@@ -17,23 +17,30 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration
 
 from bcoder import distributed as dist
-from bcoder.config import CKPT_DIR, EVAL_FILE, REPLAY_FILE, STAGES, TrainingError, flag, read_run_config
+from bcoder.config import TrainingError, check_config
 from bcoder.data.loading import load_split
 from bcoder.data.problems import DataError
 from bcoder.data.tokenizer import tiny_tokenizer
 from bcoder.files import write_atomic
-from bcoder.fused_head import bellman_loss_from_hidden
-from bcoder.loss import bellman_loss
-from bcoder.causal import causal_lm_loss
+from bcoder.models import Checkpoint, check_checkpoint, new_checkpoint, q_loss
+from bcoder.models.causal import causal_lm_loss
 from bcoder.protocols import OUTCOMES, PROTOCOLS, outcome_returns, protocol_report
 from bcoder.reference import capped_value
 from bcoder.replay import ReplayStore
 from bcoder.report import after_stage
-from bcoder.run import (ckpt_dir, copy_replay, load_ckpt, load_q_model, load_tokenizer, new_q_model, open_run,
-                        stage_done, validate)
+from bcoder.run import (
+    CKPT_DIR,
+    EVAL_FILE,
+    REPLAY_FILE,
+    STAGES,
+    ckpt_dir,
+    copy_replay,
+    open_run,
+    read_run_config,
+    stage_done,
+)
 from bcoder.sampling import encode, fit_prompts, generate, sample_pool
 from bcoder.scoring import Scorer
 
@@ -53,14 +60,14 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn, curve=
     metrics["programs_cut"] (programs longer than max_program_tokens) are this rank's counts. Rank 0
     logs and saves the checkpoints: the unwrapped model's full state and the optimiser's, so that
     any number of processes resumes them. `curve(model)`, called by every rank every
-    config.curve_every steps and after the last, returns the metrics to log then (rank 0's count).
+    config.train.curve_every steps and after the last, returns the metrics to log then (rank 0's count).
     Returns the trained model (unwrapped).
     """
     config = run.config
     sharded = run.fsdp and dist.active()
 
     def make_optimizer():
-        return torch.optim.AdamW(parameters(model), lr=lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters(model), lr=lr, weight_decay=config.train.weight_decay)
 
     state = run.load_state(stage)
     if state is not None:  # the full state, from any number of processes, with or without FSDP
@@ -82,7 +89,7 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn, curve=
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step", file=sys.stderr,
                disable=not dist.is_main())
     for step in bar:
-        if curve and config.curve_every and step % config.curve_every == 0:
+        if curve and config.train.curve_every and step % config.train.curve_every == 0:
             run.log({"stage": stage, "step": step, **curve(model)})
             model.train()
         loss, metrics = step_fn(step, net)
@@ -96,26 +103,26 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn, curve=
                                 f"is kept in {run.path('state')}, resume after fixing the cause")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = _clip_grad_norm(optimizer, config.grad_clip)
+        grad_norm = _clip_grad_norm(optimizer, config.train.grad_clip)
         optimizer.step()
         schedule.step()
-        if (step + 1) % config.log_every == 0 or step + 1 == steps:
+        if (step + 1) % config.train.log_every == 0 or step + 1 == steps:
             now = time.perf_counter()
             seconds, last = now - last, now
             metrics.pop("batch", None)
             metrics["tokens"], metrics["programs_cut"] = int(tokens), int(programs_cut)
             run.log({"stage": stage, "step": step + 1, "loss": total_loss, "grad_norm": grad_norm,
                      "lr": schedule.get_last_lr()[0], **metrics,
-                     "tokens_per_second": metrics.get("tokens", 0) * config.log_every / seconds})
+                     "tokens_per_second": metrics.get("tokens", 0) * config.train.log_every / seconds})
             bar.set_postfix({name: f"{value:.4g}" for name, value in (("loss", total_loss), *metrics.items())
                              if name in ("loss", "td_loss", "adv_loss", "ce_loss")}, refresh=False)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
+        if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == steps:
             model_state, optimizer_state = dist.full_state(model, optimizer, sharded)
             run.save_state(stage, {"step": step + 1, "model": model_state, "optimizer": optimizer_state,
                                    "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
                                    "python_rng": random.getstate(), "sharded": sharded,
                                    "world_size": dist.world_size()})
-    if curve and config.curve_every and start < steps:
+    if curve and config.train.curve_every and start < steps:
         run.log({"stage": stage, "step": steps, **curve(model)})
     return model
 
@@ -141,44 +148,29 @@ def global_weights(*counts):
 
 # ----- sft, sample, phi and theta -----
 
-def sft_model(config, tokenizer):
-    """(theta_ckpt's architecture, its config) for sft: a T5 or a decoder-only model of the config's size."""
-    special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-    if config.architecture == "t5":
-        return T5ForConditionalGeneration, T5Config(
-            vocab_size=len(tokenizer), d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_model // config.heads,
-            num_layers=config.layers, num_heads=config.heads, dropout_rate=0.0, feed_forward_proj="relu",
-            decoder_start_token_id=tokenizer.pad_token_id, **special)
-    model_class, config_class = {"qwen2": (Qwen2ForCausalLM, Qwen2Config), "llama": (LlamaForCausalLM, LlamaConfig)}[
-        config.architecture]
-    return model_class, config_class(
-        vocab_size=len(tokenizer), hidden_size=config.d_model, intermediate_size=config.d_ff,
-        num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
-        max_position_embeddings=config.max_prompt_tokens + config.max_program_tokens, tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id, **special)
-
-
 def stage_sft(run):
     """theta_ckpt from scratch: a tiny T5 or decoder-only model with a local tokenizer, trained on the
     reference solutions."""
     config = run.config
-    train, _ = load_split(config)
+    train, _ = load_split(config.data)
     tokenizer = tiny_tokenizer(train)
-    model_class, model_config = sft_model(config, tokenizer)
+    model_class, model_config = new_checkpoint(config.model, tokenizer,
+                                               config.data.max_prompt_tokens + config.data.max_program_tokens)
     causal = not model_config.is_encoder_decoder
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.train.seed)
     model = model_class(model_config).to(dist.device())
-    rows = dist.batch_slice(config.sft_batch)  # this rank's rows of every global batch
-    prompts, prompts_cut = fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)
+    rows = dist.batch_slice(config.sft.batch)  # this rank's rows of every global batch
+    prompts, prompts_cut = fit_prompts(tokenizer, train, config.data.max_prompt_tokens, config.data.mbpp_instruction)
     run.log({"stage": "sft", "problems": len(train), "prompts_cut": prompts_cut})
     pairs = [(prompt, solution) for problem, prompt in zip(train, prompts) for solution in problem.solutions]
 
     def step_fn(step, net):
-        order = random.Random(f"{config.seed}/sft/{step * config.sft_batch // len(pairs)}").sample(pairs, len(pairs))
-        start = step * config.sft_batch % len(pairs)
-        batch = (order + order)[start:start + config.sft_batch][rows]
-        prompt_ids, prompt_mask, _ = encode(tokenizer, [p for p, _ in batch], config.max_prompt_tokens)
-        labels, label_mask, programs_cut = encode(tokenizer, [s for _, s in batch], config.max_program_tokens,
+        epoch = step * config.sft.batch // len(pairs)
+        order = random.Random(f"{config.train.seed}/sft/{epoch}").sample(pairs, len(pairs))
+        start = step * config.sft.batch % len(pairs)
+        batch = (order + order)[start:start + config.sft.batch][rows]
+        prompt_ids, prompt_mask, _ = encode(tokenizer, [p for p, _ in batch], config.data.max_prompt_tokens)
+        labels, label_mask, programs_cut = encode(tokenizer, [s for _, s in batch], config.data.max_program_tokens,
                                                   program=True, causal=causal)
         prompt_ids, prompt_mask, labels, label_mask = to_device(prompt_ids, prompt_mask, labels, label_mask)
         if causal:
@@ -191,10 +183,16 @@ def stage_sft(run):
         ce = dist.all_sum([loss.item() * tokens])[0] / dist.all_sum([tokens])[0]
         return loss * weight, {"ce_loss": ce, "tokens": tokens, "programs_cut": programs_cut}
 
-    model = train_steps(run, "sft", model, parameters=lambda m: list(m.parameters()), steps=config.sft_steps,
-                        lr=config.sft_lr, decay=True, step_fn=step_fn)
+    model = train_steps(run, "sft", model, parameters=lambda m: list(m.parameters()), steps=config.sft.steps,
+                        lr=config.sft.lr, decay=True, step_fn=step_fn)
     dist.save_pretrained_on_main(model, ckpt_dir(run.dir, config), lambda: model_class(model_config),
                                  also=[tokenizer])
+
+
+def decoding(config):
+    """generate's nucleus and limits, the same in sample, the curve and eval."""
+    return {"top_p": config.sample.top_p, "max_prompt_tokens": config.data.max_prompt_tokens,
+            "max_new_tokens": config.sample.max_new_tokens}
 
 
 def to_device(*tensors):
@@ -209,15 +207,16 @@ def stage_sample(run):
     sandbox and sends them to rank 0, which alone writes the store, in chunk order (the rows that
     one process would write, in the same order)."""
     config = run.config
-    model = load_ckpt(run.dir, config).to(dist.device())
-    train, _ = load_split(config)
-    tokenizer = load_tokenizer(run.dir, config)
+    checkpoint = Checkpoint(ckpt_dir(run.dir, config), config.model.architecture)
+    model = checkpoint.load().to(dist.device())
+    train, _ = load_split(config.data)
+    tokenizer = checkpoint.tokenizer()
     chunk, ranks = SAMPLE_CHUNK, dist.world_size()
-    prompts, prompts_cut = fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)
+    prompts, prompts_cut = fit_prompts(tokenizer, train, config.data.max_prompt_tokens, config.data.mbpp_instruction)
     state = run.load_state("sample") or {"next": 0, "programs": 0, "capped": 0}
     store = ReplayStore(run.path(REPLAY_FILE), create=True) if dist.is_main() else None
     try:
-        with dist.sandbox(config.sandbox_timeout, config.workers) as sandbox:
+        with dist.sandbox(config.sandbox.timeout, config.sandbox.workers) as sandbox:
             if state["next"] == 0:
                 truths = [(p, s) for p in train for s in p.solutions]
                 mine = truths[dist.contiguous_part(len(truths))]
@@ -234,10 +233,10 @@ def stage_sample(run):
                 start, mine = round_start + dist.rank() * chunk, None
                 if start < len(train):
                     problems = train[start:start + chunk]
-                    torch.manual_seed(hash((config.seed, start)) % 2**31)
+                    torch.manual_seed(hash((config.train.seed, start)) % 2**31)
                     programs, capped = generate(model, tokenizer, prompts[start:start + chunk],
-                                                samples=config.samples_per_problem,
-                                                temperature=config.sample_temperature, config=config)
+                                                samples=config.sample.samples_per_problem,
+                                                temperature=config.sample.temperature, **decoding(config))
                     owners = [p for p in problems for _ in range(len(programs) // len(problems))]
                     results = sandbox.run(programs, [p.tests for p in owners])
                     mine = ([p.task_id for p in owners], programs, results, sum(capped))
@@ -258,60 +257,40 @@ def stage_sample(run):
             store.close()
 
 
-def q_model_for(run, stage):
+def q_model_for(run, checkpoint, stage):
     """The Q-model a stage starts from: phi from theta_ckpt; theta from the trained phi (or, with
     --no-init-value-from-phi, from theta_ckpt with a value head trained from scratch)."""
     config = run.config
-    torch.manual_seed(config.seed)
-    if stage == "theta" and config.init_value_from_phi:
-        return load_q_model(run.dir, config, "phi").set_stage("theta")
-    return new_q_model(run.dir, config, stage)
-
-
-def q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path="fused", **loss_args):
-    """(values u, BellmanLossOutput) of a Q-model (net: a QModel or its DDP/FSDP2 wrapper) on a batch:
-    the phi-stage's L_V (theta_ckpt's advantage, frozen, its own argmax the target: only the TD term
-    trains) or the theta-stage's loss. loss_path "fused" takes the loss from the decoders' hidden
-    states (bellman_loss_from_hidden, inside the model's forward: no [B, T, V] logits); "logits"
-    materialises the logits of theta and theta_ckpt, then bellman_loss. loss_args: bellman_loss's
-    actions, mask, rewards, is_ground_truth and hyper-parameters."""
-    frozen_target = stage == "phi"
-    if loss_path == "fused":
-        def head(out, model):
-            return out.values, bellman_loss_from_hidden(
-                hidden=out.hidden.float(), lm_head_weight=model.lm_head_weight,
-                ckpt_hidden=None if frozen_target else out.ckpt_hidden.float(),
-                ckpt_lm_head_weight=None if frozen_target else model.ckpt_lm_head_weight,
-                values=out.values.float(), **loss_args)
-
-        return net(prompt_ids, prompt_mask, programs, return_logits=False, return_hidden=True, head=head)
-    out = net(prompt_ids, prompt_mask, programs)
-    return out.values, bellman_loss(out.logits.float(), None if frozen_target else out.ckpt_logits.float(),
-                                    out.values.float(), **loss_args)
+    torch.manual_seed(config.train.seed)
+    if stage == "theta" and config.model.init_value_from_phi:
+        return checkpoint.load_q_model(run.path("phi")).set_stage("theta")
+    return checkpoint.new_q_model(config.model, stage)
 
 
 def stage_value(run, stage):
     """The phi-stage (L_V, only phi trains) or the theta-stage (L_ft), on replay batches."""
     config = run.config
-    tokenizer = load_tokenizer(run.dir, config)
-    model = q_model_for(run, stage).to(dist.device())
-    model.checkpoint_activations(config.gradient_checkpointing)
+    checkpoint = Checkpoint(ckpt_dir(run.dir, config), config.model.architecture)
+    tokenizer = checkpoint.tokenizer()
+    model = q_model_for(run, checkpoint, stage).to(dist.device())
+    model.checkpoint_activations(config.train.gradient_checkpointing)
     causal = model.causal
-    train, _ = load_split(config)
+    train, _ = load_split(config.data)
     by_id = {p.task_id: p for p in train}
-    prompts = dict(zip(by_id, fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)[0]))
+    data = config.data
+    prompts = dict(zip(by_id, fit_prompts(tokenizer, train, data.max_prompt_tokens, data.mbpp_instruction)[0]))
     store = ReplayStore(run.path(REPLAY_FILE), read_only=True)
-    batch_size = config.phi_batch if stage == "phi" else config.theta_batch
-    batches = store.batches(batch_size, config.rho_real, seed=config.seed, problem_ids=list(by_id))
+    batch_size = config.phi.batch if stage == "phi" else config.theta.batch
+    batches = store.batches(batch_size, config.train.rho_real, seed=config.train.seed, problem_ids=list(by_id))
     mine = dist.batch_slice(batch_size)  # this rank's rows of every global batch
     device = dist.device()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
-    beta_adv, beta_ce = (0.0, 0.0) if stage == "phi" else (config.beta_adv, config.beta_ce)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.dtype == "bfloat16")
+    beta_adv, beta_ce = (0.0, 0.0) if stage == "phi" else (config.loss.beta_adv, config.loss.beta_ce)
 
     def step_fn(step, net):
         rows = store.by_ids(batches.ids_of(step)[mine])  # batches[step][mine], reading only this rank's rows
-        prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
-        programs, mask, programs_cut = encode(tokenizer, [r.program for r in rows], config.max_program_tokens,
+        prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], data.max_prompt_tokens)
+        programs, mask, programs_cut = encode(tokenizer, [r.program for r in rows], data.max_program_tokens,
                                               program=True, causal=causal)
         is_gt = torch.tensor([r.is_ground_truth for r in rows])
         rewards = torch.tensor([r.reward for r in rows])
@@ -323,10 +302,10 @@ def stage_value(run, stage):
         counts = [int(mask.sum()), int(is_gt.sum()), int(gt_tokens.sum())]
         w_td, w_adv, w_ce = global_weights(*counts)
         loss_args = {"actions": programs, "mask": mask, "rewards": rewards, "is_ground_truth": is_gt,
-                     "gamma": config.gamma, "alpha": config.alpha, "beta_adv": beta_adv * w_adv / w_td,
-                     "beta_ce": beta_ce * w_ce / w_td, "operator": config.operator, "backend": config.loss_backend}
+                     "gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta_adv": beta_adv * w_adv / w_td,
+                     "beta_ce": beta_ce * w_ce / w_td, "operator": config.loss.operator, "backend": config.loss.backend}
         with autocast:
-            values, parts = q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path=config.loss_path,
+            values, parts = q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path=config.loss.path,
                                    **loss_args)
         sums = [parts.td_loss.item() * counts[0], parts.adv_loss.item() * counts[1],
                 parts.ce_loss.item() * counts[2], *counts]
@@ -344,14 +323,15 @@ def stage_value(run, stage):
                 metrics[f"mean_v_{name}"], metrics[f"mean_q_{name}"] = v / count, q_sum / count
         return parts.loss * w_td, metrics
 
-    steps, lr = (config.phi_steps, config.phi_lr) if stage == "phi" else (config.theta_steps, config.theta_lr)
-    with (dist.sandbox(config.sandbox_timeout, config.workers) if config.curve_every and dist.is_main()
+    steps, lr = (config.phi.steps, config.phi.lr) if stage == "phi" else (config.theta.steps, config.theta.lr)
+    with (dist.sandbox(config.sandbox.timeout, config.sandbox.workers) if config.train.curve_every and dist.is_main()
           else contextlib.nullcontext()) as sandbox:
-        curve = pass_curve(config, stage, train, prompts, tokenizer, sandbox, build=lambda: q_model_for(run, stage))
+        curve = pass_curve(config, stage, train, prompts, tokenizer, sandbox,
+                           build=lambda: q_model_for(run, checkpoint, stage))
         model = train_steps(run, stage, model, parameters=lambda m: m.trainable_parameters(), steps=steps, lr=lr,
                             decay=stage == "theta", step_fn=step_fn, curve=curve)
     store.close()
-    dist.save_pretrained_on_main(model, run.path(stage), lambda: q_model_for(run, stage))
+    dist.save_pretrained_on_main(model, run.path(stage), lambda: q_model_for(run, checkpoint, stage))
 
 
 def pass_curve(config, stage, train, prompts, tokenizer, sandbox, build):
@@ -359,7 +339,7 @@ def pass_curve(config, stage, train, prompts, tokenizer, sandbox, build):
     problems (theta in the theta-stage; in the phi-stage the policy is theta_ckpt, frozen, so its value
     is computed once). Rank 0 generates and runs the programs, from the whole model (under FSDP every
     rank gathers it to rank 0 first: build() makes the unsharded model that takes the state)."""
-    subset = random.Random(f"{config.seed}/curve").sample(train, min(config.curve_problems, len(train)))
+    subset = random.Random(f"{config.train.seed}/curve").sample(train, min(config.train.curve_problems, len(train)))
     known, measured = {}, []
 
     def curve(model):
@@ -371,7 +351,7 @@ def pass_curve(config, stage, train, prompts, tokenizer, sandbox, build):
             return {}
         policy = model.policy_model("theta" if stage == "theta" else "ckpt")
         programs, _ = generate(policy, tokenizer, [prompts[p.task_id] for p in subset], samples=1, temperature=0,
-                               config=config)
+                               **decoding(config))
         passed = sum(r.passed for r in sandbox.run(programs, [p.tests for p in subset]))
         known.update({"train_pass@1": passed / len(subset), "curve_problems": len(subset)})
         return dict(known)
@@ -398,33 +378,35 @@ def _record_outcomes(sandbox, records, problems, field, tests_of):
 
 
 def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, problems=None, out=None,
-                 workers=None, policies=("ckpt", "theta"), answers="strict"):
-    """The eval of a trained run: samples (a pool of config.eval_samples per held-out problem and policy at
-    config.eval_temperature, plus greedy; a second pool for filtered/oracle if config.filter_samples), or
+                 policies=("ckpt", "theta"), answers="strict"):
+    """The eval of a trained run: samples (a pool of config.eval.samples per held-out problem and policy at
+    config.eval.temperature, plus greedy; a second pool for filtered/oracle if config.eval.filter_samples), or
     the given `samples` (dicts with task_id, program and optionally policy); runs them against all of their
-    problem's tests, answers compared under the policy `answers` (and the example tests alone, for filtered), scores them by R~ under theta, and writes eval.json and eval_samples.jsonl (to the
-    run directory, or `out` and `<out stem>_samples.jsonl`). Returns the report."""
+    problem's tests, answers compared under the policy `answers` (and the example tests alone, for filtered),
+    scores them by R~ under theta, and writes eval.json and eval_samples.jsonl (to the run directory, or `out`
+    and `<out stem>_samples.jsonl`). Returns the report."""
     run_dir = Path(run_dir)
     config = config or read_run_config(run_dir)
     protocols = [p for p in PROTOCOLS if p in protocols]
     if problems is None:
-        problems = load_split(config)[1]
+        problems = load_split(config.data)[1]
     by_id = {p.task_id: p for p in problems}
     scorer = Scorer.from_run(run_dir, config)
     scorer.model.to(dist.device())
-    prompts, prompts_cut = fit_prompts(scorer.tokenizer, problems, config.max_prompt_tokens, config.mbpp_instruction)
-    m = config.rank_m or None
-    settings = {"n": config.eval_samples, "m": min(m or config.eval_samples, config.eval_samples),
-                "temperature": config.eval_temperature, "top_p": config.top_p, "ks": list(config.eval_ks),
+    prompts, prompts_cut = fit_prompts(scorer.tokenizer, problems, config.data.max_prompt_tokens,
+                                       config.data.mbpp_instruction)
+    m = config.eval.rank_m or None
+    settings = {"n": config.eval.samples, "m": min(m or config.eval.samples, config.eval.samples),
+                "temperature": config.eval.temperature, "top_p": config.sample.top_p, "ks": list(config.eval.ks),
                 "reward_model": "theta", "problems": len(problems), "prompts_cut": prompts_cut,
-                "max_new_tokens": config.max_new_tokens, "answers": answers}
+                "max_new_tokens": config.sample.max_new_tokens, "answers": answers}
     records, greedy, capped = [], {}, {}
     if samples is None:
-        pools = [("main", config.eval_samples, config.eval_temperature)]
-        if config.filter_samples > 0 and {"filtered", "oracle"} & set(protocols):
-            pools.append(("filter", config.filter_samples, config.filter_temperature))
-            settings["filter"] = {"n": config.filter_samples, "m": config.filter_samples,
-                                  "temperature": config.filter_temperature}
+        pools = [("main", config.eval.samples, config.eval.temperature)]
+        if config.eval.filter_samples > 0 and {"filtered", "oracle"} & set(protocols):
+            pools.append(("filter", config.eval.filter_samples, config.eval.filter_temperature))
+            settings["filter"] = {"n": config.eval.filter_samples, "m": config.eval.filter_samples,
+                                  "temperature": config.eval.filter_temperature}
         for index, policy in enumerate(policies):
             policy_model = scorer.model.policy_model(policy)
             greedy[policy], capped[policy] = [], [0, 0]     # programs that stopped at max_new_tokens, of all
@@ -432,15 +414,15 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
             # processes share them (rank r takes chunks r, r + N, ...; bcoder.distributed).
             for start in tqdm(dist.shard(range(0, len(problems), EVAL_CHUNK)), desc=f"eval {policy}", unit="chunk",
                               file=sys.stderr, disable=not dist.is_main()):
-                torch.manual_seed(hash((config.seed, index, start)) % 2**31)
+                torch.manual_seed(hash((config.train.seed, index, start)) % 2**31)
                 chunk = problems[start:start + EVAL_CHUNK]
                 programs, stopped = generate(policy_model, scorer.tokenizer, prompts[start:start + EVAL_CHUNK],
-                                             samples=1, temperature=0, config=config)
+                                             samples=1, temperature=0, **decoding(config))
                 greedy[policy] += zip(range(start, start + len(chunk)), programs)
                 capped[policy] = [capped[policy][0] + sum(stopped), capped[policy][1] + len(stopped)]
                 for pool, size, temperature in pools:
                     programs, stopped = sample_pool(policy_model, scorer.tokenizer, prompts[start:start + EVAL_CHUNK],
-                                                    size=size, temperature=temperature, config=config)
+                                                    size=size, temperature=temperature, **decoding(config))
                     capped[policy] = [capped[policy][0] + sum(stopped), capped[policy][1] + len(stopped)]
                     owners = [p for p in chunk for _ in range(size)]
                     records += [{"policy": policy, "pool": pool, "task_id": p.task_id, "program": program}
@@ -465,7 +447,7 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
         for i, r in enumerate(records):
             r["_order"] = (i,)
         records = dist.shard(records)  # judged and scored by rank r: every N-th from r on
-    with dist.sandbox(config.sandbox_timeout, workers or config.workers, answers) as sandbox:
+    with dist.sandbox(config.sandbox.timeout, config.sandbox.workers, answers) as sandbox:
         _record_outcomes(sandbox, records, by_id, "outcome", lambda p: p.tests)
         if "filtered" in protocols:
             filter_pool = "filter" if "filter" in settings else "main"
@@ -500,7 +482,7 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
     report = {"policies": list(policies), "settings": settings}
     for policy in policies:
         mine = [r for r in records if r["policy"] == policy]
-        report[policy] = protocol_report(mine, problems, protocols, config.eval_ks, m)
+        report[policy] = protocol_report(mine, problems, protocols, config.eval.ks, m)
         if policy in greedy_outcomes:
             outcomes = greedy_outcomes[policy]
             report[policy]["greedy"] = {"pass@1": sum(o == "passed" for o in outcomes) / len(outcomes)}
@@ -534,12 +516,29 @@ STAGE_FUNCTIONS = {"sft": stage_sft, "sample": stage_sample, "phi": lambda run: 
 def stages_to_run(config, only):
     if only:
         return [only]
-    skipped = {"sft"} if config.model else set()
-    if config.replay:
+    skipped = {"sft"} if config.model.checkpoint else set()
+    if config.sample.replay:
         skipped.add("sample")
-    if not config.init_value_from_phi:
+    if not config.model.init_value_from_phi:
         skipped.add("phi")
     return [s for s in STAGES if s not in skipped]
+
+
+def validate(config):
+    """TrainingError (or DataError, ReplayError), one line naming the flag, for a config that cannot
+    run: before a run directory exists. bcoder.config.check_config's checks of the values (again: a run
+    may start here, not from the command line), then what the run will read: the data files, the
+    checkpoint's config and tokenizer (not its weights) and the replay database."""
+    check_config(config)
+    load_split(config.data)
+    model = config.model
+    causal = check_checkpoint(Path(model.checkpoint)) if model.checkpoint else model.architecture != "t5"
+    if not causal and model.adapter == "lora":
+        raise TrainingError("--adapter lora is for decoder-only models; a T5 theta_ckpt's phi and theta are copies "
+                            "(--adapter auto or none)")
+    if config.sample.replay:
+        with ReplayStore(config.sample.replay, read_only=True):
+            pass
 
 
 def check_stage_inputs(config, out, stages, overwrite):
@@ -548,12 +547,12 @@ def check_stage_inputs(config, out, stages, overwrite):
     empties it), nor an earlier stage of `stages` provides."""
     out = Path(out)
     kept = (lambda name: False) if overwrite else (lambda name: (out / name).exists())
-    provided = {"ckpt": bool(config.model) or kept(CKPT_DIR), "replay": bool(config.replay) or kept(REPLAY_FILE),
-                "phi": kept("phi"), "theta": kept("theta")}
+    provided = {"ckpt": bool(config.model.checkpoint) or kept(CKPT_DIR),
+                "replay": bool(config.sample.replay) or kept(REPLAY_FILE), "phi": kept("phi"), "theta": kept("theta")}
     makers = {"ckpt": "sft", "replay": "sample", "phi": "phi", "theta": "theta"}
     for stage in stages:
         needs = {"sample": ["ckpt"], "phi": ["ckpt", "replay"], "eval": ["ckpt", "theta"],
-                 "theta": ["ckpt", "replay"] + (["phi"] if config.init_value_from_phi else [])}.get(stage, [])
+                 "theta": ["ckpt", "replay"] + (["phi"] if config.model.init_value_from_phi else [])}.get(stage, [])
         for name in needs:
             if not provided[name]:
                 where = {"ckpt": f"{out / CKPT_DIR} or --model", "replay": f"{out / REPLAY_FILE} or --replay"}
@@ -569,10 +568,10 @@ def run_stages(config, out, only=None, resume=False, overwrite=False, fsdp=False
     dist.init()  # joins the process group under torchrun (WORLD_SIZE > 1); nothing in one process
     try:
         validate(config)  # every flag and every file the run reads, before anything is written
-        for name in ("sft_batch", "phi_batch", "theta_batch"):
-            size = getattr(config, name)
+        for name, size in (("--sft-batch", config.sft.batch), ("--phi-batch", config.phi.batch),
+                           ("--theta-batch", config.theta.batch)):
             if size % dist.world_size():
-                raise TrainingError(f"{flag(name)} {size} is the global batch: it must split evenly over the "
+                raise TrainingError(f"{name} {size} is the global batch: it must split evenly over the "
                                     f"{dist.world_size()} processes")
 
         stages = [stage for stage in stages_to_run(config, only) if only or overwrite or not stage_done(out, stage)]
@@ -580,12 +579,12 @@ def run_stages(config, out, only=None, resume=False, overwrite=False, fsdp=False
 
         def open_and_copy():
             run = open_run(out, config, resume, overwrite)
-            if config.replay and not run.path(REPLAY_FILE).exists():
-                copy_replay(config.replay, run.path(REPLAY_FILE))
+            if config.sample.replay and not run.path(REPLAY_FILE).exists():
+                copy_replay(config.sample.replay, run.path(REPLAY_FILE))
             return run
 
         run = dist.on_main(open_and_copy)  # rank 0 writes (and locks) the run directory; the others wait
-        run.fsdp = fsdp
+        run.writes, run.fsdp = dist.is_main(), fsdp
         for stage in stages:
             started = time.perf_counter()
             STAGE_FUNCTIONS[stage](run)

@@ -1,4 +1,4 @@
-"""Two-stage B-Coder training on Hugging Face T5, end to end (docs/method.md#training).
+"""Two-stage B-Coder training of a Hugging Face T5 or decoder-only LM, end to end (docs/method.md#training).
 
     python -m bcoder.train --preset tiny --out runs/tiny          # every stage, on the CPU
     python -m bcoder.train --preset tiny --out runs/tiny --resume  # continue an interrupted run
@@ -33,8 +33,9 @@ import argparse
 import json
 import sys
 
-from bcoder.config import (EXPECTED_ERRORS, STAGES, ArgumentParser, add_config_flags, check_config, config_dict,
-                           config_from_flags, exit_with, still_needed)
+from bcoder.cli import EXPECTED_ERRORS, ArgumentParser, exit_with
+from bcoder.config import add_config_flags, check_config, config_dict, config_from_flags, still_needed
+from bcoder.run import STAGES
 
 PROMISES = """
 --out, --resume, --overwrite: a run directory is made only once the whole config is valid (every flag,

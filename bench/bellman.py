@@ -21,11 +21,10 @@ import statistics
 import time
 
 import torch
+from common import copy_bandwidth, floor_bytes, make_loss_inputs, peak_rss_rise  # bench/common.py
 
 import bcoder
 from bcoder import reference
-
-from common import copy_bandwidth, floor_bytes, make_loss_inputs, peak_rss_rise  # bench/common.py
 
 PROGRAMS = 16
 

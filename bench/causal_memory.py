@@ -1,4 +1,4 @@
-"""Memory and time of one theta-stage step of the decoder-only Q-model (bcoder.causal.CausalQModel):
+"""Memory and time of one theta-stage step of the decoder-only Q-model (bcoder.models.CausalQModel):
 LoRA adapters on one frozen base against three full copies.
 
     python bench/causal_memory.py              # the three rows below: ~4 min alone on 2 cores
@@ -65,12 +65,11 @@ def build(args, mode):
     """(step, trainable parameter count, base parameter count) of one row; step() runs one theta-stage
     step and returns its loss."""
     import torch
+    from common import generator, make_labels  # bench/common.py
     from torch import nn
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from bcoder.causal import CausalQModel, CausalQModelConfig
-    from bcoder.stages import q_loss
-    from common import generator, make_labels  # bench/common.py
+    from bcoder.models import CausalQModel, CausalQModelConfig, q_loss
 
     adapter, share_prompt = MODES[mode]
     torch.manual_seed(0)
@@ -114,10 +113,9 @@ def memory_child(args):
     """One row's memory over two steps, in this fresh process: prints one JSON line."""
     import peft  # noqa: F401  (all imports done before "imports" is read, in every row)
     import torch
-
-    import bcoder.causal  # noqa: F401
-    import bcoder.stages  # noqa: F401
     from common import reset_peak_rss, resident_bytes  # bench/common.py
+
+    import bcoder.models  # noqa: F401
 
     torch.set_num_threads(2)
     imports = resident_bytes("VmRSS")

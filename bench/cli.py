@@ -30,7 +30,8 @@ from bcoder.sandbox import Sandbox, SandboxConfig
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "peft", "bcoder._C")
-COMMANDS = [("train", ["--help"]), ("train", ["--theta-stesp", "3"]), ("train", ["--preset", "paper", "--print-config"]),
+COMMANDS = [("train", ["--help"]), ("train", ["--theta-stesp", "3"]),
+            ("train", ["--preset", "paper", "--print-config"]),
             ("evaluate", ["--help"]), ("evaluate", ["--fromat", "mbpp"]),
             ("rank", ["--help"]), ("rank", ["--run", "r", "--samples", "s", "--out", "o", "--batch-szie", "8"]),
             ("report", ["--help"]), ("report", ["run", "--ablaton", "x=y"]),

@@ -47,7 +47,8 @@ class Labels(NamedTuple):
 
 
 class LossInputs(NamedTuple):
-    """The positional arguments of bcoder.bellman_loss (and bcoder.reference.bellman_loss)."""
+    """The positional arguments of bcoder.bellman_loss (and bcoder.reference.bellman_loss), in order.
+    The tests use this one too (tests/conftest.py: make_batch builds it, loss_kwargs passes it by name)."""
     logits: torch.Tensor
     ckpt_logits: torch.Tensor
     values: torch.Tensor

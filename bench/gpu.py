@@ -27,13 +27,12 @@ if "--dry-run" in sys.argv:
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from common import copy_bandwidth, floor_bytes, logits_then_loss, make_hidden_inputs, make_loss_inputs  # noqa: E402
+from common import median_ms as common_median_ms  # noqa: E402
 
 import bcoder  # noqa: E402
 from bcoder import reference  # noqa: E402
 from bcoder.kernels import bellman as triton_bellman  # noqa: E402
-
-from common import copy_bandwidth, floor_bytes, logits_then_loss, make_hidden_inputs, make_loss_inputs  # noqa: E402
-from common import median_ms as common_median_ms  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -42,10 +42,10 @@ import torch
 if str(Path(__file__).parent) not in sys.path:  # bench/ is not a package (also under --import-mode=importlib)
     sys.path.insert(0, str(Path(__file__).parent))
 
+from common import floor_bytes, logits_then_loss, make_hidden_inputs, make_loss_inputs  # noqa: E402
+
 import bcoder  # noqa: E402
 from bcoder import reference  # noqa: E402
-
-from common import floor_bytes, logits_then_loss, make_hidden_inputs, make_loss_inputs  # noqa: E402
 
 SHAPE_SETS = {"small": ("small",), "design": ("design",), "all": ("small", "design")}
 SHAPES = os.environ.get("BCODER_BENCH_SHAPES", "small")

@@ -4,7 +4,7 @@ LM-head path's memory and time against the logits path.
     python bench/train.py                  # throughput table: bellman_loss backends cpp vs reference
     python bench/train.py --memory --json  # CodeT5-small shape: loss_path "fused" vs "logits", one JSON object
 
-One theta-stage step = bcoder.stages.q_loss (shared encoder, theta_ckpt, phi and theta decoders and
+One theta-stage step = bcoder.models.q_loss (shared encoder, theta_ckpt, phi and theta decoders and
 the loss), backward, AdamW step, as bcoder.stages' training loop runs it (zero_grad after the
 forward; no gradient clipping here). Random weights, fixed batches; the programs, their mask,
 rewards and ground-truth flags come from bench/common.py's builder (half of the programs ground
@@ -44,13 +44,11 @@ import time
 
 import torch
 import transformers
+from common import generator, make_labels, reset_peak_rss, resident_bytes  # bench/common.py
 from transformers import T5Config, T5ForConditionalGeneration
 
-from bcoder.model import QModel, QModelConfig
 from bcoder.config import PRESETS
-from bcoder.stages import q_loss
-
-from common import generator, make_labels, reset_peak_rss, resident_bytes  # bench/common.py
+from bcoder.models import QModel, QModelConfig, q_loss
 
 STEPS = 45  # program tokens (default mode)
 LOSS_PATHS = ("fused", "logits")
@@ -106,9 +104,10 @@ def throughput_table():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| vocabulary | programs x tokens | backend | step ms | tokens/s | fused speed-up |")
     print("|---|---|---|---|---|---|")
-    for vocab, programs_per_batch in ((240, config.theta_batch), (32128, 16)):
-        model, optimizer = theta_model(t5_checkpoint(vocab, config.d_model, config.d_ff, config.layers, config.heads,
-                                                     config.d_model // config.heads))
+    for vocab, programs_per_batch in ((240, config.theta.batch), (32128, 16)):
+        shape = config.model
+        model, optimizer = theta_model(t5_checkpoint(vocab, shape.d_model, shape.d_ff, shape.layers, shape.heads,
+                                                     shape.d_model // shape.heads))
         prompt_ids = torch.randint(3, vocab, (programs_per_batch, STEPS))
         labels = make_labels(programs_per_batch, STEPS, vocab, min_length=15, requires_grad=False)
         batch = (prompt_ids, torch.ones_like(prompt_ids, dtype=torch.bool), labels)
@@ -212,7 +211,8 @@ def machine_facts():
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
             "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "cpu_model": first_line("/proc/cpuinfo", "model name"), "mem_total": first_line("/proc/meminfo", "MemTotal"),
+            "cpu_model": first_line("/proc/cpuinfo", "model name"),
+            "mem_total": first_line("/proc/meminfo", "MemTotal"),
             "platform": platform.platform(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
@@ -262,7 +262,8 @@ def memory_report(args):
           f"programs, {args.prompt_tokens}-token prompts, V = {args.vocab}\n")
     print("| loss path | peak MiB (step rise) | peak MiB (total) | step ms |\n|---|---|---|---|")
     for path in LOSS_PATHS:
-        print(f"| {path} | {peak[path]:.0f} | {memory[path]['steady_step']['peak_total_mib']:.0f} | {step_ms[path]:.0f} |")
+        steady = memory[path]['steady_step']['peak_total_mib']
+        print(f"| {path} | {peak[path]:.0f} | {steady:.0f} | {step_ms[path]:.0f} |")
 
 
 CHILD_ARGS = ("vocab", "d_model", "d_ff", "layers", "heads", "d_kv", "programs", "program_tokens", "prompt_tokens",

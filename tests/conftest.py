@@ -1,7 +1,8 @@
 import os
 import secrets
+import sys
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,16 +12,14 @@ if not torch.cuda.is_available():
     # when the kernels are defined (the first import of bcoder.kernels.bellman): on before any test.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The tuple of bellman_loss's tensor arguments is bench/common.py's LossInputs, one definition for the
+# benchmarks and the tests. bench/ is not a package (no top-level folder but bcoder/ is): it goes on
+# sys.path as bench's own scripts and tests put it there, appended so that it shadows nothing of tests/.
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))
 
-class LossInputs(NamedTuple):
-    """The tensor arguments of bellman_loss, in its order; loss_kwargs(inputs) passes them by name."""
-    logits: torch.Tensor
-    ckpt_logits: torch.Tensor
-    values: torch.Tensor
-    actions: torch.Tensor
-    mask: torch.Tensor
-    rewards: torch.Tensor
-    is_ground_truth: torch.Tensor
+from common import LossInputs  # noqa: E402  (bench/common.py)
 
 
 def loss_kwargs(inputs):

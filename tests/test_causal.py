@@ -2,28 +2,32 @@
 identities, adapter routing, the shared prompt cache, gradients, the fused head, save/load (plain
 peft included), sampling; and the smoke-causal preset end to end, resumed and ranked."""
 import json
-import shutil
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          T5Config, T5ForConditionalGeneration)
+from smoke_run import REPO, full_run, killed_and_resumed
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
-from bcoder.causal import CausalQModel, CausalQModelConfig, causal_inputs
 from bcoder.fused_head import bellman_loss_from_hidden
 from bcoder.loss import bellman_loss
-from bcoder.model import program_mask
+from bcoder.models import program_mask
+from bcoder.models.causal import CausalQModel, CausalQModelConfig, causal_inputs
 from bcoder.sampling import left_pad
 
 VOCAB, PAD, EOS = 50, 0, 1
-REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ("qwen2", "llama", "gpt2")
 MODES = [("lora", True), ("lora", False), ("none", True), ("none", False)]   # (adapter, share_prompt)
 
@@ -278,17 +282,10 @@ def test_greedy_generation_follows_the_teacher_forced_argmax(architecture, adapt
 
 # ----- the smoke-causal preset, end to end -----
 
-def train(*args):
-    return subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "smoke-causal", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def causal_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "smoke-causal"
-    result = train("--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    """A smoke-causal run through every stage."""
+    return full_run("smoke-causal", tmp_path_factory.mktemp("runs") / "smoke-causal")
 
 
 def test_smoke_causal_runs_every_stage(causal_run):
@@ -301,43 +298,20 @@ def test_smoke_causal_runs_every_stage(causal_run):
     # The tokenizer beside the qwen2 model is the one sft trained with (not a Qwen2Tokenizer over its vocabulary).
     from bcoder.data.loading import load_split
     from bcoder.data.tokenizer import tiny_tokenizer
-    from bcoder.config import read_run_config
-    from bcoder.run import load_tokenizer
+    from bcoder.models import Checkpoint
+    from bcoder.run import read_run_config
 
     config = read_run_config(causal_run)
-    train_problems = load_split(config)[0]
+    train_problems = load_split(config.data)[0]
     text = train_problems[0].solutions[0]
-    assert load_tokenizer(causal_run, config)(text).input_ids == tiny_tokenizer(train_problems)(text).input_ids
+    assert Checkpoint(causal_run / "ckpt").tokenizer()(text).input_ids == tiny_tokenizer(train_problems)(text).input_ids
     metrics = [json.loads(line) for line in (causal_run / "metrics.jsonl").read_text().splitlines()]
     assert {"sft", "sample", "phi", "theta", "eval"} <= {m["stage"] for m in metrics}
 
 
 def test_killed_causal_theta_stage_resumes_to_identical_adapters(causal_run, tmp_path):
-    args = ("--resume", "--stage", "theta", "--theta-steps", "12", "--checkpoint-every", "3")
-
-    def through_phi(name):   # the run before its theta stage (phi/theta, phi's untrained theta adapter, stays)
-        def ignore(directory, names):
-            top = Path(directory) == causal_run
-            return [n for n in names if top and (n in ("theta", ".lock") or n.startswith("eval"))] + \
-                [n for n in names if Path(directory) == causal_run / "state" and n.startswith("theta.")]
-
-        run = Path(shutil.copytree(causal_run, tmp_path / name, ignore=ignore))
-        config = json.loads((run / "config.json").read_text())
-        (run / "config.json").write_text(json.dumps({**config, "theta_steps": 12, "checkpoint_every": 3}))
-        return run
-
-    straight, killed = through_phi("straight"), through_phi("killed")
-    assert train("--out", str(straight), *args).returncode == 0
-    process = subprocess.Popen([sys.executable, "-m", "bcoder.train", "--preset", "smoke-causal", "--out", str(killed),
-                                *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "state" / "theta.pt"
-    deadline = time.time() + 300
-    while not state.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert 0 < torch.load(state, weights_only=False)["step"] < 12
-    assert train("--out", str(killed), *args).returncode == 0
+    # phi/theta (phi's untrained theta adapter) stays in the copies: only the theta-stage's outputs go
+    straight, killed = killed_and_resumed("smoke-causal", causal_run, tmp_path)
     for name in ("theta/theta/adapter_model.safetensors", "theta/value_heads.safetensors"):
         expected, got = load_file(straight / name), load_file(killed / name)
         assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected), name
@@ -368,11 +342,11 @@ def test_rank_scores_programs_with_a_causal_run(causal_run, tmp_path):
 
 def save_checkpoint(directory, extra_vocab=0):
     """A Qwen2 model with the tiny tokenizer of the smoke data, saved as a downloaded checkpoint would be."""
+    from bcoder.config import PRESETS
     from bcoder.data.loading import load_split
     from bcoder.data.tokenizer import tiny_tokenizer
-    from bcoder.config import PRESETS
 
-    tokenizer = tiny_tokenizer(load_split(PRESETS["smoke-causal"])[0])
+    tokenizer = tiny_tokenizer(load_split(PRESETS["smoke-causal"].data)[0])
     config = Qwen2Config(vocab_size=len(tokenizer) + extra_vocab, hidden_size=32, intermediate_size=64,
                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -382,20 +356,20 @@ def save_checkpoint(directory, extra_vocab=0):
 
 
 def test_model_flag_takes_a_causal_checkpoint_and_checks_it(tmp_path):
-    import dataclasses
+    from bcoder.config import PRESETS, TrainingError, with_values
+    from bcoder.models import Checkpoint, CheckpointError
+    from bcoder.stages import validate
 
-    from bcoder.config import PRESETS, TrainingError
-    from bcoder.run import q_model_config, validate
-
-    config = dataclasses.replace(PRESETS["smoke-causal"], model=str(save_checkpoint(tmp_path / "ok")))
+    config = with_values(PRESETS["smoke-causal"], model=str(save_checkpoint(tmp_path / "ok")))
     validate(config)
-    assert q_model_config(tmp_path / "run", config, "phi").adapter == "lora"
-    with pytest.raises(TrainingError, match="tokenizer has .* tokens but the model's vocabulary"):
-        validate(dataclasses.replace(config, model=str(save_checkpoint(tmp_path / "off", extra_vocab=1000))))
+    checkpoint = Checkpoint(config.model.checkpoint)
+    assert checkpoint.causal and checkpoint.q_model_config(config.model, "phi").adapter == "lora"
+    with pytest.raises(CheckpointError, match="tokenizer has .* tokens but the model's vocabulary"):
+        validate(with_values(config, model=str(save_checkpoint(tmp_path / "off", extra_vocab=1000))))
     with pytest.raises(TrainingError, match="--adapter lora is for decoder-only models"):
-        validate(dataclasses.replace(PRESETS["smoke"], adapter="lora"))
+        validate(with_values(PRESETS["smoke"], adapter="lora"))
     with pytest.raises(TrainingError, match="--lora-rank must be an integer >= 1"):
-        validate(dataclasses.replace(config, lora_rank=0))
+        validate(with_values(config, lora_rank=0))
 
 
 def test_programs_for_a_causal_model_end_in_eos_without_the_tokenizers_bos():

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from smoke_run import REPO
 
 from bcoder.config import CHOICES, PRESETS, config_dict
 from bcoder.data.mbpp import load_mbpp
 from bcoder.data.problems import default_data_dir
 from bcoder.train import main
-from smoke_run import REPO
 
 HEAVY = ("torch", "transformers", "peft", "bcoder._C")
 # Runs `python -m bcoder.<command> ARGS` for each ARGS in turn in one process; after each, one JSON line:
@@ -113,11 +113,20 @@ def test_judging_samples_loads_no_model_stack(tmp_path):
     [result] = probe("evaluate", ["--format", "mbpp", "--problems", str(mbpp), "--samples", str(samples),
                                   "--out", str(out), "--workers", "2", "--k", "1"])
     assert result["code"] == 0 and result["heavy"] == [], result
-    light = ("bcoder", "bcoder.config", "bcoder.files", "bcoder.protocols", "bcoder.replay")
+    light = ("bcoder", "bcoder.cli", "bcoder.config", "bcoder.files", "bcoder.protocols", "bcoder.replay", "bcoder.run")
     assert [m for m in result["bcoder"] if m not in light and not m.startswith(("bcoder.data", "bcoder.sandbox"))] == []
     outcomes = [json.loads(line)["outcome"] for line in out.read_text().splitlines()]
     assert outcomes == ["passed", "compile_error"] * 3
     assert json.loads(result["stdout"])["pass@1"] == 0.5
+
+
+def test_the_report_and_the_run_directory_load_no_model_stack():
+    """bcoder.report reads run directories through bcoder.run: neither loads torch, transformers or _C."""
+    done = subprocess.run([sys.executable, "-c", "import json, sys, bcoder.report, bcoder.run; "
+                           f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == []
 
 
 def test_the_choices_are_the_ops_and_the_references():

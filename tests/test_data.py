@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 
 import bcoder.data
-
 from bcoder.data.apps import load_apps
 from bcoder.data.humaneval import load_humaneval
 from bcoder.data.mbpp import load_mbpp, mbpp_test
-from bcoder.data.problems import (PACKAGED_DATA_DIR, DataError, Problem, default_data_dir, recorded_checksums,
-                                  verify_checksum)
+from bcoder.data.problems import (
+    PACKAGED_DATA_DIR,
+    DataError,
+    Problem,
+    default_data_dir,
+    recorded_checksums,
+    verify_checksum,
+)
 from bcoder.data.prompt import MBPP_INSTRUCTION, prompt_parts, prompt_text
 from bcoder.sampling import fit_prompt, fit_prompts
 from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest

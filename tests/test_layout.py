@@ -20,7 +20,7 @@ LOCAL_IMPORTS = {
     ("bcoder/sandbox/program.py", "_sitebuiltins"),   # every module the worker holds slows each fork
     ("bcoder/sandbox/program.py", "ast"),
     ("bcoder/ops.py", "bcoder.kernels"),              # Triton is an optional dependency
-    ("bcoder/causal.py", "peft"),                     # 2 s to import; only LoRA Q-models need it
+    ("bcoder/models/causal.py", "peft"),              # 2 s to import; only LoRA Q-models need it
     ("bcoder/data/fetch.py", "huggingface_hub"),      # only fetching needs the hub and parquet
     ("bcoder/data/fetch.py", "pyarrow"),
     # A command reads its flags before torch, transformers and the models load: --help and a flag error
@@ -29,6 +29,7 @@ LOCAL_IMPORTS = {
     ("bcoder/evaluate.py", "bcoder.stages"),
     ("bcoder/rank.py", "bcoder.sampling"),
     ("bcoder/rank.py", "bcoder.scoring"),
+    ("bcoder/run.py", "torch"),                       # resume state only: the report reads run directories without it
     ("bcoder/report.py", "matplotlib"),               # matplotlib and scipy take seconds; only drawing needs them
     ("bcoder/report.py", "numpy"),
     ("bcoder/report.py", "scipy"),
@@ -201,21 +202,56 @@ def test_every_link_to_the_method_page_lands_on_a_heading():
 def test_readme_layout_is_the_tree():
     readme = (REPO / "README.md").read_text()
     tree = readme.split("## Layout", 1)[1].split("```", 2)[1]
-    listed, parent = set(), ""
-    for line in tree.splitlines():
-        entry = line.split()[0] if line.strip() else ""
-        if not entry:
-            continue
-        if line.startswith(" "):
-            listed.add(parent + entry)
-        else:
-            listed.add(entry)
-            parent = entry if entry.endswith("/") else ""
-    assert listed, "the README has no layout entries"
-    missing = sorted(entry for entry in listed if not (REPO / entry).exists())
-    assert missing == []
-    expected = {f"{path.relative_to(REPO)}" for path in (REPO / "bcoder").glob("*.py") if path.name != "__init__.py"}
-    expected |= {f"{path.relative_to(REPO)}/" for path in (REPO / "bcoder").iterdir()
-                 if path.is_dir() and path.name != "__pycache__"}
-    expected |= {"csrc/", "kernels/", "bench/", "tests/", "docs/", "setup.py", "CMakeLists.txt"}
+    listed = {line.split()[0] for line in tree.splitlines() if line.strip()}
+    assert sorted(entry for entry in listed if not (REPO / entry).exists()) == []
+    expected = {"bcoder/", "csrc/", "kernels/", "bench/", "experiments/", "tests/", "docs/", "setup.py", "CMakeLists.txt"}
     assert sorted(expected - listed) == []
+
+
+def architecture_layers():
+    """{path: layer number} of the modules docs/architecture.md names, from its "## N. ..." sections."""
+    layers, layer = {}, None
+    for line in (REPO / "docs" / "architecture.md").read_text().splitlines():
+        heading = re.match(r"## (\d+)\. ", line)
+        if heading:
+            layer = int(heading.group(1))
+        for path in re.findall(r"^\| `([\w/.]+)` \|", line):
+            assert path not in layers, f"docs/architecture.md names {path} twice"
+            layers[path] = layer
+    return layers
+
+
+def module_layers():
+    """{module name: layer} of the package, from docs/architecture.md."""
+    layers = architecture_layers()
+    layer_of = {name: layers[str(path.relative_to(REPO))] for name, path in bcoder_modules().items()}
+    layer_of["bcoder._C"] = layers["csrc/"]
+    return layer_of
+
+
+def upward_imports(files, layer_of):
+    """The imports of `files` ({module name: its source file}) that go to a layer above their own."""
+    # `from bcoder import ops` imports the package first, then bcoder.ops: the latter is the dependency
+    return [f"{name}:{line} imports {target} (layer {layer_of[target]} above {layer_of[name]})"
+            for name, path in files.items() for target, line, _ in imports(path)
+            if target != "bcoder" and target in layer_of and layer_of[target] < layer_of[name]]
+
+
+def test_the_architecture_page_is_the_code():
+    """Every module docs/architecture.md names exists, every module of the package is named, and every
+    import of one (at module level or inside a function) goes to its own layer or one below."""
+    layers = architecture_layers()
+    assert sorted(path for path in layers if not (REPO / path).exists()) == []
+    modules = bcoder_modules()
+    assert sorted({str(path.relative_to(REPO)) for path in modules.values()} - set(layers)) == []
+    assert upward_imports(modules, module_layers()) == []
+
+
+def test_the_architecture_check_catches_an_upward_import(tmp_path):
+    """A component that imports the recipe inside a function is caught."""
+    sneaky = tmp_path / "sampling.py"
+    sneaky.write_text((REPO / "bcoder" / "sampling.py").read_text()
+                      + "\n\ndef sneak():\n    from bcoder.stages import run_stages\n")
+    assert upward_imports({"bcoder.sampling": REPO / "bcoder" / "sampling.py"}, module_layers()) == []
+    assert [entry.split(" imports ")[1] for entry in upward_imports({"bcoder.sampling": sneaky}, module_layers())] \
+        == ["bcoder.stages (layer 2 above 4)"]

@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditional
 
 from bcoder.fused_head import bellman_loss_from_hidden
 from bcoder.loss import bellman_loss
-from bcoder.model import QModel, QModelConfig, program_mask
+from bcoder.models import QModel, QModelConfig, program_mask
 
 VOCAB, PAD, EOS = 50, 0, 1
 

@@ -8,15 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from smoke_run import REPO, smoke_run_dir
 
 from bcoder.data.apps import load_apps
 from bcoder.data.loading import load_split
 from bcoder.data.problems import Problem, default_data_dir
-from bcoder.protocols import (PROTOCOLS, pass_at_k, protocol_pass_at_k, protocol_report, protocol_table,
-                              top_k_solved)
-from bcoder.config import read_run_config
+from bcoder.protocols import PROTOCOLS, pass_at_k, protocol_pass_at_k, protocol_report, protocol_table, top_k_solved
+from bcoder.run import read_run_config
 from bcoder.sandbox import UnitTests
-from smoke_run import REPO, smoke_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +144,7 @@ def test_eval_stage_numbers_follow_from_its_samples(run_dir):
 
 
 def test_cli_judges_another_generators_programs(run_dir, tmp_path):
-    test = load_split(read_run_config(run_dir))[1]
+    test = load_split(read_run_config(run_dir).data)[1]
     samples = tmp_path / "samples.jsonl"
     lines = []
     for problem in test[:2]:

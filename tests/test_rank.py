@@ -5,15 +5,15 @@ import sys
 
 import pytest
 import torch
+from smoke_run import REPO, smoke_run_dir
 
 from bcoder import token_rewards
-from bcoder.data.prompt import prompt_text
 from bcoder.data.loading import load_split
-from bcoder.scoring import Scorer
+from bcoder.data.prompt import prompt_text
 from bcoder.reference import capped_value
-from bcoder.config import read_run_config
+from bcoder.run import read_run_config
 from bcoder.sampling import encode
-from smoke_run import REPO, smoke_run_dir
+from bcoder.scoring import Scorer
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def scorer(run_dir):
 
 @pytest.fixture(scope="module")
 def problems(run_dir):
-    return load_split(read_run_config(run_dir))[1]
+    return load_split(read_run_config(run_dir).data)[1]
 
 
 def test_return_is_the_sum_of_token_rewards_and_batching_changes_nothing(scorer, problems):
@@ -66,7 +66,7 @@ def test_r_tilde_ranks_the_references_above_their_mutations(scorer, run_dir):
     """On the problems theta learnt (the run's training problems), every reference outranks the three
     programs made from it by changing one token (a quarter, half and three quarters in): R~ holds the
     policy's advantages, which are 0 along its own argmax path and negative off it."""
-    train = load_split(read_run_config(run_dir))[0]
+    train = load_split(read_run_config(run_dir).data)[0]
 
     def mutate(program, where):
         ids = scorer.tokenizer(program).input_ids[:-1]
@@ -83,7 +83,7 @@ def test_r_tilde_ranks_the_references_above_their_mutations(scorer, run_dir):
 
 
 def test_scorer_needs_a_theta_model(run_dir):
-    from bcoder.model import QModel
+    from bcoder.models import QModel
 
     phi = QModel.from_pretrained(run_dir / "phi")
     with pytest.raises(ValueError, match="theta"):

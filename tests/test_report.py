@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from smoke_run import REPO, smoke_run_dir
 
 from bcoder.report import curve_panels, ms_for, ordering_verdict
-from smoke_run import REPO, smoke_run_dir
 
 
 @pytest.fixture(scope="module")

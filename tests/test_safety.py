@@ -12,13 +12,13 @@ import sys
 import time
 
 import pytest
+from smoke_run import REPO, smoke_run_dir
 
+from bcoder.config import FIELDS, PRESETS, flag
 from bcoder.data.mbpp import load_mbpp
 from bcoder.data.problems import DataError, default_data_dir
 from bcoder.files import RunLock, replace_directory, write_atomic
-from bcoder.config import PRESETS, TrainConfig
 from bcoder.train import main
-from smoke_run import REPO, smoke_run_dir
 
 DATA = default_data_dir()
 SMOKE = ("--preset", "smoke", "--sft-steps", "2", "--n-train", "4", "--n-test", "2", "--samples-per-problem", "1",
@@ -84,10 +84,9 @@ def test_help_shows_every_flag_with_its_meaning_default_and_choices():
                           env={**os.environ, "COLUMNS": "300"}, timeout=300).stdout
     options = text.split("the run's config", 1)[1]
     entries = re.split(r"\n  (?=--)", options)       # one entry per option: its flags, then its help
-    for field in TrainConfig.__dataclass_fields__.values():
-        flag = "--" + field.name.replace("_", "-")
-        [entry] = [e for e in entries if re.match(rf"{flag}[ ,\n]", e)]   # not --data for --data-seed
-        assert len(entry.split()) > 4 and "(default:" in entry, flag
+    for key, _, _ in FIELDS:
+        [entry] = [e for e in entries if re.match(rf"{flag(key)}[ ,\n]", e)]   # not --data for --data-seed
+        assert len(entry.split()) > 4 and "(default:" in entry, flag(key)
     assert "{conservative,optimality}" in text and "{float32,bfloat16}" in text and "--overwrite" in text
 
 
@@ -116,16 +115,16 @@ def test_overwrite_only_replaces_a_bcoder_run(capsys, tmp_path):
 def test_overwrite_never_deletes_its_own_inputs(capsys, tmp_path, run_dir):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns(".lock"))
-    for flag, path in (("--replay", run / "replay.db"), ("--model", run / "ckpt")):
-        err = refused(capsys, "--out", str(run), "--overwrite", flag, str(path))
-        assert f"{flag} {path} lies inside {run}, which --overwrite would delete" in err and path.exists()
+    for name, path in (("--replay", run / "replay.db"), ("--model", run / "ckpt")):
+        err = refused(capsys, "--out", str(run), "--overwrite", name, str(path))
+        assert f"{name} {path} lies inside {run}, which --overwrite would delete" in err and path.exists()
 
 
 def test_resume_compares_only_what_changes_results(capsys, tmp_path, run_dir):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns(".lock"))
     err = refused(capsys, "--out", str(run), "--resume", "--theta-lr", "0.5", "--gamma", "0.9")
-    assert "--theta-lr (1e-05 there, 0.5 now); --gamma (0.999 there, 0.9 now)" in err
+    assert "--gamma (0.999 there, 0.9 now); --theta-lr (1e-05 there, 0.5 now)" in err
     main([*SMOKE, "--out", str(run), "--resume", "--loss-backend", "reference", "--workers", "2"])  # done: no-op
 
 
@@ -210,11 +209,19 @@ def test_a_non_integer_mbpp_task_id_names_the_line(tmp_path):
 
 
 def test_training_shows_its_losses(tmp_path, run_dir):
+    """The theta-stage's progress line (stderr) shows the loss and each of its terms, TD, L_adv and L_ce,
+    at the values the stage logs for its last step in metrics.jsonl (to the 4 digits shown)."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns(".lock", "theta.*"))   # theta not yet trained
     result = subprocess.run([sys.executable, "-m", "bcoder.train", *SMOKE, "--out", str(run), "--resume",
                              "--stage", "theta"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "td_loss=" in result.stderr and "ce_loss=" in result.stderr
+    assert result.returncode == 0, result.stderr[-2000:]
+    bars = [line for line in re.split(r"[\r\n]", result.stderr) if line.startswith("theta")]
+    assert bars, result.stderr[-2000:]
+    shown = dict(re.findall(r"(\w+)=([^,\]\s]+)", bars[-1]))     # tqdm's postfix: name=value, ...
+    logged = [record for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if record["stage"] == "theta" and "loss" in record][-1]
+    assert shown == {name: f"{logged[name]:.4g}" for name in ("loss", "td_loss", "adv_loss", "ce_loss")}, bars[-1]
 
 
 # ----- atomic writes, under SIGKILL -----
@@ -277,12 +284,23 @@ def test_bcoder_writes_its_results_only_through_the_atomic_helpers():
                     and "opener(" not in line and 'METRICS_FILE, "a")' not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     # QModel / CausalQModel.save_pretrained: into a directory that is replaced whole
-    allowed = {"bcoder/model.py", "bcoder/causal.py"}
+    allowed = {"bcoder/models/t5.py", "bcoder/models/causal.py"}
     assert [o for o in offenders if o.split(":")[0] not in allowed] == []
 
 
-def test_the_presets_are_valid():
-    from bcoder.run import validate
-    for name, config in PRESETS.items():
-        if name != "paper":
-            validate(config)
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_presets_are_valid(name):
+    """Each preset passes every check a run makes before it starts (bcoder.stages.validate: the values, the data
+    files, --model's config and tokenizer, --replay), the paper preset once given the --model and --data it
+    leaves to the command line: a T5 checkpoint and MBPP."""
+    from bcoder.config import config_from_flags, still_needed
+    from bcoder.stages import validate
+    from bcoder.train import parse_args
+
+    given = {"paper": ("--model", str(smoke_run_dir() / "ckpt"), "--data", f"mbpp:{DATA / 'mbpp.jsonl'}")}
+    config = config_from_flags(parse_args(["--preset", name, *given.get(name, ())])[1])
+    assert still_needed(name, config) == []
+    try:
+        validate(config)
+    except Exception as error:  # what validate raises is the flag's one-line message
+        pytest.fail(f"--preset {name} is refused: {type(error).__name__}: {error}")

@@ -123,8 +123,14 @@ def results():
     LISTENER.close()
 
 
-def test_there_are_at_least_30_hostile_programs():
-    assert len(HOSTILE) >= 30
+def test_there_are_at_least_30_hostile_programs(results):
+    """At least 30 different cases (no two alike in program and tests), none of them just the correct
+    solution F that many append to their attack, and every one of them ran in the one batch and came back
+    with its result (which test_hostile_program_gets_its_outcome then checks)."""
+    cases = [(program, repr(tests)) for program, tests, _ in HOSTILE.values()]
+    assert len(set(cases)) == len(cases) >= 30
+    assert all(program.replace(F, "").strip() not in ("", F.strip()) for program, _ in cases)
+    assert list(results[0]) == list(HOSTILE) and all(result.outcome for result in results[0].values())
 
 
 @pytest.mark.parametrize("name", HOSTILE)

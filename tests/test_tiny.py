@@ -128,13 +128,11 @@ def test_asking_for_more_problems_than_exist_is_an_error():
 def test_the_training_seed_leaves_the_tiny_data_alone():
     """--seed varies training only (so runs over seeds share one sft checkpoint and replay store);
     --data-seed makes another task."""
-    import dataclasses
-
+    from bcoder.config import PRESETS, with_values
     from bcoder.data.loading import load_split
-    from bcoder.config import PRESETS
 
     config = PRESETS["smoke"]
-    task_ids = lambda c: [p.task_id for split in load_split(c) for p in split]
-    solutions = lambda c: [p.solutions for split in load_split(c) for p in split]
-    assert solutions(dataclasses.replace(config, seed=7)) == solutions(config)
-    assert task_ids(dataclasses.replace(config, data_seed=1)) != task_ids(config)
+    task_ids = lambda c: [p.task_id for split in load_split(c.data) for p in split]
+    solutions = lambda c: [p.solutions for split in load_split(c.data) for p in split]
+    assert solutions(with_values(config, seed=7)) == solutions(config)
+    assert task_ids(with_values(config, data_seed=1)) != task_ids(config)

@@ -1,40 +1,24 @@
 """bcoder.train: the smoke preset end to end, kill-and-resume, the loss inside a training step."""
 import json
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from smoke_run import full_run, killed_and_resumed, train
 from transformers import AutoTokenizer
 
 import bcoder
-from bcoder.model import QModel, QModelConfig, program_mask
-from bcoder.data.loading import load_split
 from bcoder.config import PRESETS
+from bcoder.data.loading import load_split
+from bcoder.models import QModel, QModelConfig, program_mask, q_loss
 from bcoder.sampling import encode, fit_prompts
-from bcoder.stages import q_loss
 from bcoder.train import main
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def train(*args):
-    return subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "smoke", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """A smoke run through every stage."""
-    out = tmp_path_factory.mktemp("runs") / "smoke"
-    result = train("--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return full_run("smoke", tmp_path_factory.mktemp("runs") / "smoke")
 
 
 def test_smoke_run_writes_every_artifact(smoke_run):
@@ -58,36 +42,13 @@ def test_smoke_run_writes_every_artifact(smoke_run):
 
 
 def test_existing_run_is_never_overwritten(smoke_run):
-    result = train("--out", str(smoke_run), "--stage", "eval")
+    result = train("smoke", "--out", str(smoke_run), "--stage", "eval")
     assert result.returncode != 0 and "--resume" in result.stderr and "--overwrite" in result.stderr
 
 
 def test_killed_theta_stage_resumes_to_identical_weights(smoke_run, tmp_path):
     # A longer theta stage than the smoke preset's, so that the kill lands in its middle.
-    args = ("--resume", "--stage", "theta", "--theta-steps", "12", "--checkpoint-every", "3")
-
-    def through_phi(name):  # the smoke run before its theta stage, with the config of `args`
-        ignore = shutil.ignore_patterns("theta", "theta.*", "eval*", ".lock")
-        run = Path(shutil.copytree(smoke_run, tmp_path / name, ignore=ignore))
-        config = json.loads((run / "config.json").read_text())
-        (run / "config.json").write_text(json.dumps({**config, "theta_steps": 12, "checkpoint_every": 3}))
-        return run
-
-    straight, killed = through_phi("straight"), through_phi("killed")
-    assert train("--out", str(straight), *args).returncode == 0
-
-    process = subprocess.Popen([sys.executable, "-m", "bcoder.train", "--preset", "smoke", "--out", str(killed), *args],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "state" / "theta.pt"
-    deadline = time.time() + 300
-    while not state.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    step = torch.load(state, weights_only=False)["step"]
-    assert 0 < step < 12, f"killed at step {step}, not mid-stage"
-    assert train("--out", str(killed), *args).returncode == 0
-
+    straight, killed = killed_and_resumed("smoke", smoke_run, tmp_path)
     expected = load_file(straight / "theta" / "model.safetensors")
     got = load_file(killed / "theta" / "model.safetensors")
     assert expected.keys() == got.keys()
@@ -98,11 +59,11 @@ def test_killed_theta_stage_resumes_to_identical_weights(smoke_run, tmp_path):
 def test_training_step_gradients_match_the_reference_loss(smoke_run):
     config = PRESETS["smoke"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
-    train_problems, _ = load_split(config)
+    train_problems, _ = load_split(config.data)
     problems = train_problems[:4]
-    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.max_prompt_tokens)[0],
-                                        config.max_prompt_tokens)
-    programs, mask, _ = encode(tokenizer, [p.solutions[0] for p in problems], config.max_program_tokens)
+    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.data.max_prompt_tokens)[0],
+                                        config.data.max_prompt_tokens)
+    programs, mask, _ = encode(tokenizer, [p.solutions[0] for p in problems], config.data.max_program_tokens)
     rewards = torch.tensor([1.0, -0.3, -0.6, -1.0])
     is_gt = torch.tensor([True, False, True, False])
     grads = {}
@@ -125,10 +86,10 @@ def test_the_fused_lm_head_trains_as_the_logits_do(smoke_run, stage):
     """loss_path "fused" (no [B, T, V] logits) and "logits": the same loss, Q and gradients."""
     config = PRESETS["smoke"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
-    problems = load_split(config)[0][:4]
-    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.max_prompt_tokens)[0],
-                                        config.max_prompt_tokens)
-    programs, mask, _ = encode(tokenizer, [p.solutions[0] for p in problems], config.max_program_tokens)
+    problems = load_split(config.data)[0][:4]
+    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.data.max_prompt_tokens)[0],
+                                        config.data.max_prompt_tokens)
+    programs, mask, _ = encode(tokenizer, [p.solutions[0] for p in problems], config.data.max_program_tokens)
     loss_args = {"actions": programs, "mask": mask, "rewards": torch.tensor([1.0, -0.3, -0.6, -1.0]),
                  "is_ground_truth": torch.tensor([True, False, True, False]),
                  "beta_adv": 0.0 if stage == "phi" else 0.1, "beta_ce": 0.0 if stage == "phi" else 0.5}
@@ -153,9 +114,9 @@ def test_phi_stage_lowers_td_error_on_fixed_data(smoke_run):
     # out of reach of a value capped at R_max).
     config = PRESETS["smoke"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "ckpt")
-    problems = load_split(config)[0][:8]
-    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.max_prompt_tokens)[0],
-                                        config.max_prompt_tokens)
+    problems = load_split(config.data)[0][:8]
+    prompt_ids, prompt_mask, _ = encode(tokenizer, fit_prompts(tokenizer, problems, config.data.max_prompt_tokens)[0],
+                                        config.data.max_prompt_tokens)
     torch.manual_seed(0)
     model = QModel.from_checkpoint(smoke_run / "ckpt", QModelConfig(stage="phi"))
     programs = model.ckpt.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False,
@@ -180,9 +141,9 @@ def test_bad_inputs_end_with_clear_messages(tmp_path, capsys):
     not_t5 = tmp_path / "vit"   # neither a T5 nor a causal LM
     not_t5.mkdir()
     (not_t5 / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTModel"]}))
-    result = train("--out", str(tmp_path / "a"), "--model", str(not_t5), "--stage", "sample")
+    result = train("smoke", "--out", str(tmp_path / "a"), "--model", str(not_t5), "--stage", "sample")
     assert result.returncode == 2 and "'vit' model" in result.stderr and "decoder-only" in result.stderr
-    result = train("--out", str(tmp_path / "b"), "--model", str(tmp_path / "missing"), "--stage", "sample")
+    result = train("smoke", "--out", str(tmp_path / "b"), "--model", str(tmp_path / "missing"), "--stage", "sample")
     assert result.returncode == 2 and f"--model {tmp_path / 'missing'}: no such directory" in result.stderr
 
     bad = tmp_path / "mbpp.jsonl"
@@ -201,9 +162,7 @@ def test_bad_inputs_end_with_clear_messages(tmp_path, capsys):
 
 
 def test_the_paper_preset_and_print_config():
-    result = subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "paper", "--model", "ckpt", "--data",
-                             "apps:train", "--eval-data", "apps:test", "--print-config"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = train("paper", "--model", "ckpt", "--data", "apps:train", "--eval-data", "apps:test", "--print-config")
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads(result.stdout)
     assert {key: config[key] for key in ("phi_lr", "phi_steps", "phi_batch", "theta_lr", "theta_steps", "theta_batch",
@@ -214,7 +173,6 @@ def test_the_paper_preset_and_print_config():
         "theta_batch": 128, "weight_decay": 0.05, "samples_per_problem": 256, "max_prompt_tokens": 600,
         "max_program_tokens": 512, "max_new_tokens": 512, "rho_real": 0.5, "alpha": 1.0, "beta_adv": 0.1,
         "beta_ce": 0.5, "eval_temperature": 0.6, "rank_m": 256, "eval_data": "apps:test"}
-    alone = subprocess.run([sys.executable, "-m", "bcoder.train", "--preset", "paper", "--print-config"],
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    alone = train("paper", "--print-config")
     assert alone.returncode == 0 and json.loads(alone.stdout)["phi_steps"] == 18000
     assert "a run of --preset paper also needs --model and --data" in alone.stderr

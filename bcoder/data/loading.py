@@ -12,21 +12,22 @@ LOADERS = {"mbpp": load_mbpp, "humaneval": load_humaneval, "apps": load_apps}
 MBPP_TRAIN, MBPP_TEST = range(601, 975), range(11, 511)   # the standard split (tasks 511-600: validation)
 
 
-def load_split(config):
-    """(train, held-out) problems of a run: config.data names the training problems ("tiny", made from
-    config.data_seed, n_train and n_test; "mbpp:PATH", its train tasks 601-974; "apps:PATH", every problem
-    there: APPS's train split), config.eval_data the held-out ones ("mbpp:PATH", its test tasks 11-510;
+def load_split(data):
+    """(train, held-out) problems of a run's data section (bcoder.config.DataConfig): data.train names the
+    training problems ("tiny", made from data.seed, n_train and n_test; "mbpp:PATH", its train tasks 601-974;
+    "apps:PATH", every problem there: APPS's train split), data.eval the held-out ones ("mbpp:PATH", its test
+    tasks 11-510;
     "apps:PATH", every problem there: APPS's test split). Without eval_data they come from --data:
     tiny's test set, MBPP's test tasks, or for APPS an id-sorted fifth held out of the given problems
     (a sample's split, not the paper's)."""
-    if config.data == "tiny":
-        if config.eval_data:
+    if data.train == "tiny":
+        if data.eval:
             raise DataError("--eval-data goes with --data mbpp:PATH or apps:PATH, not the tiny set")
-        return make_tiny_problems(seed=config.data_seed, n_train=config.n_train, n_test=config.n_test)
-    kind, path = _spec(config.data, "--data")
+        return make_tiny_problems(seed=data.seed, n_train=data.n_train, n_test=data.n_test)
+    kind, path = _spec(data.train, "--data")
     train = load_mbpp(path) if kind == "mbpp" else load_apps(path)
-    if config.eval_data:
-        eval_kind, eval_path = _spec(config.eval_data, "--eval-data")
+    if data.eval:
+        eval_kind, eval_path = _spec(data.eval, "--eval-data")
         test = load_mbpp(eval_path) if eval_kind == "mbpp" else load_apps(eval_path)
         if eval_kind == "mbpp":
             test = [p for p in test if int(p.task_id) in MBPP_TEST]
@@ -39,18 +40,18 @@ def load_split(config):
     if kind == "mbpp":
         train = [p for p in train if int(p.task_id) in MBPP_TRAIN]
     if not train or not test:
-        raise DataError(f"{config.data} {config.eval_data}: empty split (train {len(train)}, held-out {len(test)} "
+        raise DataError(f"{data.train} {data.eval}: empty split (train {len(train)}, held-out {len(test)} "
                         f"problems)")
     return train, test
 
 
-def split_description(config):
+def split_description(data):
     """In words: where a run's training and held-out problems come from."""
-    if config.data == "tiny":
-        return f"the tiny set (seed {config.data_seed}): {config.n_train} training and {config.n_test} held-out problems"
-    kind, path = _spec(config.data, "--data")
-    if config.eval_data:
-        eval_kind, eval_path = _spec(config.eval_data, "--eval-data")
+    if data.train == "tiny":
+        return f"the tiny set (seed {data.seed}): {data.n_train} training and {data.n_test} held-out problems"
+    kind, path = _spec(data.train, "--data")
+    if data.eval:
+        eval_kind, eval_path = _spec(data.eval, "--eval-data")
         held_out = f"{eval_kind.upper()} {eval_path}" + (" (test tasks 11-510)" if eval_kind == "mbpp" else "")
     else:
         held_out = ("its test tasks 11-510" if kind == "mbpp"
@@ -73,12 +74,12 @@ def load_problems_file(path, data_format):
     return {p.task_id: p for p in LOADERS[data_format](path)}
 
 
-def problems_of(config, problems_file=None, data_format=None):
-    """{task_id: Problem}: a problems file (in `data_format`, default that of the run's data), else the
-    run's own problems (train and held-out)."""
+def problems_of(data, problems_file=None, data_format=None):
+    """{task_id: Problem}: a problems file (in `data_format`, default that of the run's data section), else
+    the run's own problems (train and held-out)."""
     if problems_file:
-        return load_problems_file(problems_file, data_format or config.data.partition(":")[0])
-    train, test = load_split(config)
+        return load_problems_file(problems_file, data_format or data.train.partition(":")[0])
+    train, test = load_split(data)
     return {p.task_id: p for p in train + test}
 
 

@@ -59,7 +59,8 @@ def _identity(x, k):
 INT_MAPS = (
     Step("identity", "{v}", _identity, ("{n}",)),
     Step("square", "{v} * {v}", lambda x, k: x * x, ("the squares of {n}", "{n}, each squared")),
-    Step("times", "{v} * {k}", lambda x, k: x * k, ("{n}, each multiplied by {k}", "{k} times each of {n}"), (2, 3, 4, 5)),
+    Step("times", "{v} * {k}", lambda x, k: x * k, ("{n}, each multiplied by {k}", "{k} times each of {n}"),
+         (2, 3, 4, 5)),
     Step("add", "{v} + {k}", lambda x, k: x + k, ("{n} after adding {k} to each", "{n}, each increased by {k}"),
          (1, 2, 3, 4, 5, 6, 7, 8, 9)),
     Step("subtract", "{v} - {k}", lambda x, k: x - k,
@@ -80,7 +81,8 @@ INT_FILTERS = (
          (-3, -2, -1, 1, 2, 3, 4, 5, 6)),
     Step("less", "{v} < {k}", lambda x, k: x < k, ("the numbers less than {k}", "the numbers below {k}"),
          (-3, -2, -1, 1, 2, 3, 4, 5, 6)),
-    Step("multiple", "{v} % {k} == 0", lambda x, k: x % k == 0, ("the multiples of {k}", "the numbers divisible by {k}"),
+    Step("multiple", "{v} % {k} == 0", lambda x, k: x % k == 0,
+         ("the multiples of {k}", "the numbers divisible by {k}"),
          (3, 4, 5)),
 )
 WORD_MAPS = (

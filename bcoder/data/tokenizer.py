@@ -1,6 +1,6 @@
 """A word-level tokenizer trained locally (no download), for models trained from scratch on
 the tiny data set; a `transformers` fast tokenizer, so it saves and loads with
-`save_pretrained` / `from_pretrained` (bcoder.run.tokenizer_in loads it as itself beside any model;
+`save_pretrained` / `from_pretrained` (bcoder.models.checkpoint.tokenizer_in loads it as itself beside any model;
 AutoTokenizer would take the class of the model type in config.json, a Qwen2Tokenizer beside a qwen2 model).
 
     tokenizer = train_tokenizer(texts)                  # or tiny_tokenizer(problems)

@@ -1,6 +1,6 @@
 """What the theta-stage does to the sampled policy, measured on a trained run (issue 15's questions).
 
-    python bench/theta_drift.py --run runs/tiny [--batches 8] [--json OUT]
+    python experiments/theta_drift.py --run runs/tiny [--batches 8] [--json OUT]
 
 1. Policies: on the held-out samples of RUN/eval_samples.jsonl (each policy's own main pool, at the
    run's eval temperature), teacher-forced through both models: the mean per-token entropy of the
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from bcoder.data.loading import load_split
+from bcoder.models import Checkpoint
 from bcoder.reference import bellman_loss
 from bcoder.replay import ReplayStore
-from bcoder.config import read_run_config
-from bcoder.run import load_q_model, load_tokenizer
+from bcoder.run import ckpt_dir, read_run_config
 from bcoder.sampling import encode, fit_prompts
 
 
@@ -38,8 +38,8 @@ def entropy(logits, temperature):
 
 def teacher_forced(model, tokenizer, prompts, programs, config):
     causal = model.causal
-    prompt_ids, prompt_mask, _ = encode(tokenizer, prompts, config.max_prompt_tokens)
-    actions, mask, _ = encode(tokenizer, programs, config.max_program_tokens, program=True, causal=causal)
+    prompt_ids, prompt_mask, _ = encode(tokenizer, prompts, config.data.max_prompt_tokens)
+    actions, mask, _ = encode(tokenizer, programs, config.data.max_program_tokens, program=True, causal=causal)
     with torch.no_grad():
         out = model(prompt_ids, prompt_mask, actions)
     return out, actions, mask.bool()
@@ -47,8 +47,9 @@ def teacher_forced(model, tokenizer, prompts, programs, config):
 
 def policy_measures(run, config, model, tokenizer, problems):
     """Entropy and argmax shares of each policy's held-out samples."""
+    data = config.data
     prompts = dict(zip((p.task_id for p in problems),
-                       fit_prompts(tokenizer, problems, config.max_prompt_tokens, config.mbpp_instruction)[0]))
+                       fit_prompts(tokenizer, problems, data.max_prompt_tokens, data.mbpp_instruction)[0]))
     samples = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
     result = {}
     for policy in ("ckpt", "theta"):
@@ -60,7 +61,7 @@ def policy_measures(run, config, model, tokenizer, problems):
                                                 [s["program"] for s in chunk], config)
             logits = out.logits if policy == "theta" else out.ckpt_logits
             sums["tokens"] += int(mask.sum())
-            sums["entropy"] += float(entropy(logits.float(), config.eval_temperature)[mask].sum())
+            sums["entropy"] += float(entropy(logits.float(), config.eval.temperature)[mask].sum())
             sums["ckpt_argmax"] += int((out.ckpt_logits.argmax(-1) == actions)[mask].sum())
             sums["theta_argmax"] += int((out.logits.argmax(-1) == actions)[mask].sum())
         n = max(1, sums["tokens"])
@@ -73,11 +74,13 @@ def gradient_measures(config, model, tokenizer, store, prompts, batches):
     """Per loss term and token group: mean gradient norm on theta's logits and the entropy change."""
     totals = defaultdict(float)
     groups = defaultdict(int)
-    schedule = store.batches(config.theta_batch, config.rho_real, seed=config.seed, problem_ids=list(prompts))
+    data, loss = config.data, config.loss
+    schedule = store.batches(config.theta.batch, config.train.rho_real, seed=config.train.seed,
+                             problem_ids=list(prompts))
     for step in range(batches):
         rows = store.by_ids(schedule.ids_of(step))
-        prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], config.max_prompt_tokens)
-        actions, mask, _ = encode(tokenizer, [r.program for r in rows], config.max_program_tokens, program=True,
+        prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], data.max_prompt_tokens)
+        actions, mask, _ = encode(tokenizer, [r.program for r in rows], data.max_program_tokens, program=True,
                                   causal=model.causal)
         mask = mask.bool()
         is_gt = torch.tensor([r.is_ground_truth for r in rows])
@@ -86,14 +89,14 @@ def gradient_measures(config, model, tokenizer, store, prompts, batches):
             out = model(prompt_ids, prompt_mask, actions)
         logits = out.logits.double().requires_grad_()
         ckpt_logits, values = out.ckpt_logits.double(), out.values.double()
-        _, td, adv, ce = bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_gt, gamma=config.gamma,
-                                      alpha=config.alpha, operator=config.operator)
+        _, td, adv, ce = bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_gt, gamma=loss.gamma,
+                                      alpha=loss.alpha, operator=loss.operator)
         # delta's sign per token, from the TD term's gradient: dL/dQ_t = -2 delta_t / n
-        h = entropy(logits, config.eval_temperature)
+        h = entropy(logits, config.eval.temperature)
         grad_h, = torch.autograd.grad(h[mask].sum(), logits, retain_graph=True)
         is_argmax = logits.argmax(-1) == actions
         td_grad_q = None
-        for name, term in (("td", td), ("adv", config.beta_adv * adv), ("ce", config.beta_ce * ce)):
+        for name, term in (("td", td), ("adv", config.loss.beta_adv * adv), ("ce", config.loss.beta_ce * ce)):
             g, = torch.autograd.grad(term, logits, retain_graph=True)
             if name == "td":
                 td_grad_q = g.gather(-1, actions.unsqueeze(-1)).squeeze(-1)   # sign of -delta on a_t (non-argmax)
@@ -124,10 +127,11 @@ def compile_error_positions(run, config, tokenizer):
     samples = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
     result = {}
     for policy in ("ckpt", "theta"):
-        errors = [s for s in samples if s["policy"] == policy and s["pool"] == "main" and s["outcome"] == "compile_error"]
+        errors = [s for s in samples
+                  if s["policy"] == policy and s["pool"] == "main" and s["outcome"] == "compile_error"]
         where = Counter()
         for s in errors:
-            if len(tokenizer(s["program"], add_special_tokens=False).input_ids) >= config.max_new_tokens - 1:
+            if len(tokenizer(s["program"], add_special_tokens=False).input_ids) >= config.sample.max_new_tokens - 1:
                 where["out of tokens"] += 1
                 continue
             try:
@@ -150,15 +154,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     config = read_run_config(args.run)
-    tokenizer = load_tokenizer(args.run, config)
-    train, test = load_split(config)
-    theta = load_q_model(args.run, config, "theta").eval()
+    checkpoint = Checkpoint(ckpt_dir(args.run, config), config.model.architecture)
+    tokenizer = checkpoint.tokenizer()
+    train, test = load_split(config.data)
+    theta = checkpoint.load_q_model(args.run / "theta").eval()
     report = {"policies": policy_measures(args.run, config, theta, tokenizer, test),
               "compile_errors": compile_error_positions(args.run, config, tokenizer)}
     prompts = dict(zip((p.task_id for p in train),
-                       fit_prompts(tokenizer, train, config.max_prompt_tokens, config.mbpp_instruction)[0]))
+                       fit_prompts(tokenizer, train, config.data.max_prompt_tokens, config.data.mbpp_instruction)[0]))
     with ReplayStore(args.run / "replay.db", read_only=True) as store:
-        start = load_q_model(args.run, config, "phi").set_stage("theta").eval()
+        start = checkpoint.load_q_model(args.run / "phi").set_stage("theta").eval()
         report["gradients_at_start"] = gradient_measures(config, start, tokenizer, store, prompts, args.batches)
         report["gradients_at_end"] = gradient_measures(config, theta, tokenizer, store, prompts, args.batches)
     text = json.dumps(report, indent=2)

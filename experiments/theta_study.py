@@ -2,7 +2,7 @@
 replay store (phi + theta + eval per seed), summarised as mean ± std over the seeds.
 
     python -m bcoder.train --preset tiny --out runs/base            # once: sft and sample (the rest unused)
-    python bench/theta_study.py --base runs/base --out runs/study --seeds 0,1,2 \
+    python experiments/theta_study.py --base runs/base --out runs/study --seeds 0,1,2 \
         --setting "paper=" --setting "ce2=--beta-ce 2.0" ...
 
 Each setting is NAME=FLAGS (flags of bcoder.train on top of --preset tiny). A run that exists is

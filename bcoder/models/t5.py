@@ -24,80 +24,34 @@ shares theta_ckpt's embedding. Frozen parts run in eval mode and under no_grad.
 import copy
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
-from torch import nn
 from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
 from transformers.initialization import no_init_weights
 
-Q_STAGES = ("phi", "theta")
-VALUE_HEADS = ("mlp", "linear")
-POLICIES = ("theta", "ckpt")
+from bcoder.models.base import (
+    POLICIES,
+    Q_STAGES,
+    QMODEL_FILE,
+    QModelBase,
+    QModelConfig,
+    QModelOutput,
+    ValueHead,
+    require_directory,
+    require_files,
+)
+
 # The children each stage trains; every other parameter has requires_grad False.
 TRAINABLE = {"phi": ("phi_decoder", "phi_value_head"), "theta": ("theta_decoder", "theta_lm_head", "h1")}
-QMODEL_FILE = "bcoder_qmodel.json"
 WEIGHTS_FILE = "model.safetensors"
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
 
 
-@dataclass
-class QModelConfig:
-    """stage: "phi" (pre-train V_phi) or "theta" (fine-tune Q_theta).
-    value_head: "mlp" or "linear"; value_head_width: the MLP's hidden width (None: d_model).
-    init_value_from_phi: False is the paper's "without initialization" ablation (Fig. 1): no phi and
-    no residual head; the theta-stage value is a freshly initialised head h1, u = h1(x_theta)."""
-    stage: str = "phi"
-    value_head: str = "mlp"
-    value_head_width: int | None = None
-    init_value_from_phi: bool = True
-
-    def __post_init__(self):
-        if self.stage not in Q_STAGES:
-            raise ValueError(f"stage must be one of {Q_STAGES}, got {self.stage!r}")
-        if self.value_head not in VALUE_HEADS:
-            raise ValueError(f"value_head must be one of {VALUE_HEADS}, got {self.value_head!r}")
-        if not self.init_value_from_phi and self.stage == "phi":
-            raise ValueError('init_value_from_phi=False (the "without initialization" ablation) has no phi: '
-                             'use stage="theta"')
-
-
-@dataclass
-class QModelOutput:
-    """Teacher-forced outputs; position t is the state s_t = (prompt, a_<t) and predicts a_t.
-
-    values [B, T]: the raw value u of the stage (u_phi, u_phi + h1 - h2, or h1 in the ablation).
-    logits [B, T, V]: l_theta (theta-stage) or l_ckpt (phi-stage, frozen). ckpt_logits [B, T, V]: l_ckpt,
-    no grad. hidden / ckpt_hidden [B, T, H]: the decoder states with T5's LM-head rescale applied, so
-    hidden @ model.lm_head_weight.T == logits and ckpt_hidden @ model.ckpt_lm_head_weight.T == ckpt_logits
-    (for bcoder.fused_head.bellman_loss_from_hidden). Fields not asked for are None.
-    """
-    values: torch.Tensor
-    logits: torch.Tensor | None = None
-    ckpt_logits: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
-    ckpt_hidden: torch.Tensor | None = None
-
-
-class ValueHead(nn.Module):
-    """u(x) = w2 . gelu(W1 x + b1) + b2 ("mlp") or w . x + b ("linear"), x [..., H] -> u [...]."""
-
-    def __init__(self, d_model, kind="mlp", width=None):
-        super().__init__()
-        if kind == "mlp":
-            width = width or d_model
-            self.net = nn.Sequential(nn.Linear(d_model, width), nn.GELU(), nn.Linear(width, 1))
-        else:
-            self.net = nn.Linear(d_model, 1)
-
-    def forward(self, hidden):
-        return self.net(hidden).squeeze(-1)
-
-
-class QModel(nn.Module):
+class QModel(QModelBase):
     """The dueling Q-model: `QModel.from_checkpoint(t5_dir_or_model)` to start, `from_pretrained` to
     resume. `set_stage` picks what trains; `forward` gives logits and raw values for `bellman_loss`.
 
@@ -105,7 +59,7 @@ class QModel(nn.Module):
     encoder), phi_decoder, phi_value_head, theta_decoder, theta_lm_head, h1, h2.
     """
 
-    causal = False   # bcoder.causal.CausalQModel: the same interface over a decoder-only LM
+    causal = False
 
     def __init__(self, ckpt: T5ForConditionalGeneration, config: QModelConfig | None = None):
         """Wraps ckpt as theta_ckpt (taken over, not copied: it is frozen in place) and initialises phi and
@@ -171,19 +125,6 @@ class QModel(nn.Module):
         return model
 
     # ----- stages -----
-
-    @property
-    def stage(self):
-        return self.config.stage
-
-    def set_stage(self, stage):
-        """Makes exactly the stage's parameters trainable: "phi": phi_decoder and phi_value_head;
-        "theta": theta_decoder, theta_lm_head and h1. The encoder, theta_ckpt and h2 never train."""
-        self.config = QModelConfig(**{**asdict(self.config), "stage": stage})
-        trainable = {id(p) for p in self.trainable_parameters(stage)}
-        for parameter in self.parameters():
-            parameter.requires_grad_(id(parameter) in trainable)
-        return self.train(self.training)
 
     def checkpoint_activations(self, enabled=True):
         """Activation checkpointing in the decoder the current stage trains (phi's or theta's): its
@@ -287,8 +228,8 @@ class QModel(nn.Module):
     def policy_model(self, policy="theta") -> T5ForConditionalGeneration:
         """A T5ForConditionalGeneration over this model's weights (no copy): "theta" is the shared encoder
         with theta's decoder and LM head, "ckpt" is theta_ckpt itself. Its softmax(logits) is the B-Coder
-        policy (docs/method.md#the-q-function), so HF `generate` on it samples B-Coder. Train/eval modes are those of the
-        shared modules."""
+        policy (docs/method.md#the-q-function), so HF `generate` on it samples B-Coder. Train/eval modes are those
+        of the shared modules."""
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if policy == "ckpt":
@@ -300,28 +241,6 @@ class QModel(nn.Module):
         view.generation_config = copy.deepcopy(self.ckpt.generation_config)
         view.training = self.theta_decoder.training
         return view
-
-
-def program_mask(programs, eos_token_id):
-    """[B, T] bool mask of bellman_loss: each program's tokens up to and including its first EOS (the
-    whole row if it has none, as `generate` leaves a program cut at max_new_tokens)."""
-    is_eos = programs == eos_token_id
-    return torch.cumsum(is_eos, dim=1) - is_eos.long() == 0
-
-
-def require_directory(directory, what):
-    if not directory.exists():
-        raise FileNotFoundError(f"{what} not found: {directory}")
-    if not directory.is_dir():
-        raise NotADirectoryError(f"{what} is not a directory: {directory}")
-
-
-def require_files(directory, names, what):
-    missing = [name for name in names if not (directory / name).is_file()]
-    if missing:
-        found = sorted(p.name for p in directory.iterdir())
-        raise FileNotFoundError(f"{directory} is not {what}: missing {', '.join(missing)} "
-                                f"(found: {found or 'nothing'})")
 
 
 def load_t5_checkpoint(directory, dtype):
@@ -337,7 +256,7 @@ def load_t5_checkpoint(directory, dtype):
         architectures = ", ".join(hf_config.get("architectures") or ["unknown architecture"])
         raise ValueError(f"{directory} holds a {hf_config.get('model_type')!r} model ({architectures}); B-Coder "
                          "needs a T5 / CodeT5 encoder-decoder (model_type 't5', T5ForConditionalGeneration); "
-                         "a decoder-only model takes bcoder.causal.CausalQModel")
+                         "a decoder-only model takes bcoder.models.CausalQModel")
     if not any((directory / name).is_file() for name in HF_WEIGHT_FILES):
         found = sorted(p.name for p in directory.iterdir())
         raise FileNotFoundError(f"{directory} has a T5 config but no weights: expected one of {HF_WEIGHT_FILES} "

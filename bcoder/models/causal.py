@@ -2,7 +2,7 @@
 `AutoModelForCausalLM` whose logits are its LM head applied to its final hidden state).
 
 The prompt and the program form one sequence; position t of the program is the state
-s_t = (prompt, a_<t) and predicts a_t, as in the T5 model (bcoder.model), and only program
+s_t = (prompt, a_<t) and predicts a_t, as in the T5 model (bcoder.models.t5), and only program
 positions enter the loss. The three parameter sets of docs/method.md#parameter-sets:
 
     theta_ckpt  the base model, frozen                       l_ckpt: the phi-stage advantage, the target argmax
@@ -23,7 +23,7 @@ gradient flows through the prompt. Without it every policy runs the whole sequen
 the prompt too. The two agree exactly while the adapters are zero (at the start of each stage) and differ
 once they train, as a separate encoder would.
 
-Value heads read the final hidden state (after the trunk's final norm); bcoder.model.ValueHead.
+Value heads read the final hidden state (after the trunk's final norm); bcoder.models.ValueHead.
 """
 import copy
 import json
@@ -38,8 +38,17 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, Generat
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from bcoder.model import (POLICIES, QMODEL_FILE, Q_STAGES, QModelConfig, QModelOutput, ValueHead, require_directory,
-                          require_files)
+from bcoder.models.base import (
+    POLICIES,
+    Q_STAGES,
+    QMODEL_FILE,
+    QModelBase,
+    QModelConfig,
+    QModelOutput,
+    ValueHead,
+    require_directory,
+    require_files,
+)
 from bcoder.sampling import left_pad
 
 ADAPTERS = ("lora", "none")
@@ -113,7 +122,7 @@ def trunk_of(lm):
     return getattr(lm, lm.base_model_prefix)
 
 
-class CausalQModel(nn.Module):
+class CausalQModel(QModelBase):
     """The dueling Q-model on a causal LM, with the T5 QModel's interface (forward, set_stage,
     trainable_parameters, policy_model, save_pretrained / from_pretrained, checkpoint_activations).
 
@@ -128,7 +137,7 @@ class CausalQModel(nn.Module):
         super().__init__()
         self.config = copy.deepcopy(config) if config is not None else CausalQModelConfig()
         if getattr(base.config, "is_encoder_decoder", False):
-            raise ValueError(f"{type(base).__name__} is an encoder-decoder: use bcoder.model.QModel")
+            raise ValueError(f"{type(base).__name__} is an encoder-decoder: use bcoder.models.QModel")
         for name in ("final_logit_softcapping", "logit_scale"):
             if getattr(base.config, name, None):
                 raise ValueError(f"{type(base).__name__} transforms its logits ({name}); the Q-model needs logits "
@@ -204,11 +213,12 @@ class CausalQModel(nn.Module):
         require_files(directory, (QMODEL_FILE, HEADS_FILE), "a bcoder causal Q-model saved by save_pretrained")
         meta = json.loads((directory / QMODEL_FILE).read_text())
         if not meta.get("causal"):
-            raise ValueError(f"{directory} holds a T5 Q-model: load it with bcoder.model.QModel.from_pretrained")
+            raise ValueError(f"{directory} holds a T5 Q-model: load it with bcoder.models.QModel.from_pretrained")
         config = CausalQModelConfig(**meta["qmodel"])
         model = cls.from_checkpoint(base, config, dtype=getattr(torch, meta["dtype"]))
         saved, loaded = meta["base"], model.base.config.to_dict()
-        differ = [k for k in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers") if saved.get(k) != loaded.get(k)]
+        differ = [k for k in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
+                  if saved.get(k) != loaded.get(k)]
         if differ:
             raise ValueError(f"{directory} was trained on another base model: {', '.join(differ)} differ")
         load_model(model._parts(HEADS), directory / HEADS_FILE, strict=True)
@@ -227,19 +237,6 @@ class CausalQModel(nn.Module):
         return model.set_stage(config.stage)
 
     # ----- stages -----
-
-    @property
-    def stage(self):
-        return self.config.stage
-
-    def set_stage(self, stage):
-        """Makes exactly the stage's parameters trainable: phi's adapter (or trunk) and value head, or
-        theta's adapter (or LM) and h1. The base, theta_ckpt and h2 never train."""
-        self.config = CausalQModelConfig(**{**asdict(self.config), "stage": stage})
-        trainable = {id(p) for p in self.trainable_parameters(stage)}
-        for parameter in self.parameters():
-            parameter.requires_grad_(id(parameter) in trainable)
-        return self.train(self.training)
 
     def trainable_parameters(self, stage=None):
         """The parameters `stage` (default: the current one) trains, each once."""
