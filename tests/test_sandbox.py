@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bcoder.sandbox import (AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests,
-                            ValueTest, run_programs)
+from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest, run_programs
 
 DOUBLE = UnitTests([ValueTest("f(2)", 4), AssertTest("assert f(3) == 6")])
 

@@ -221,6 +221,81 @@ def test_threads_processes_and_shared_memory_still_work():
     assert result.outcome == "passed", (result.tests[0].message, result.stderr[-500:])
 
 
+# System V IPC and POSIX message queues: each probe makes an object (and removes it) where it may.
+IPC_PROBE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+IPC_PRIVATE, IPC_RMID, O_CREAT, O_RDWR = 0, 0, 0o100, 2
+QUEUE = b"bcoder-probe-%d" % os.getpid()
+CALLS = {"shmget": ((29, IPC_PRIVATE, 4096, 0o600), lambda i: libc.syscall(31, i, IPC_RMID, None)),
+         "semget": ((64, IPC_PRIVATE, 1, 0o600), lambda i: libc.syscall(66, i, 0, IPC_RMID)),
+         "msgget": ((68, IPC_PRIVATE, 0o600), lambda i: libc.syscall(71, i, IPC_RMID, None)),
+         "mq_open": ((240, QUEUE, O_CREAT | O_RDWR, 0o600, None), lambda i: (os.close(i), libc.syscall(241, QUEUE)))}
+
+def ipc():
+    errors = {}
+    for name, (call, remove) in CALLS.items():
+        ctypes.set_errno(0)
+        made = libc.syscall(*call)
+        errors[name] = ctypes.get_errno() if made == -1 else 0
+        if made != -1:
+            remove(made)
+    return errors
+"""
+
+
+def test_system_v_ipc_and_message_queues_work_without_the_filter():
+    errors = eval(subprocess.run([sys.executable, "-c", IPC_PROBE + "print(ipc())"], capture_output=True, text=True,
+                                 check=True, timeout=60).stdout)
+    assert errors == {"shmget": 0, "semget": 0, "msgget": 0, "mq_open": 0}
+
+
+def test_system_v_ipc_and_message_queues_fail_with_eperm_in_the_sandbox():
+    """Objects that would outlive the program for the next one in the worker's IPC namespace: the filter
+    refuses them all (no program makes any), where an IPC namespace per program cost each program
+    its creation and teardown."""
+    with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
+        [result] = box.run([IPC_PROBE + "def f(): return ipc()"],
+                           UnitTests([ValueTest("f()", {"shmget": 1, "semget": 1, "msgget": 1, "mq_open": 1})]))
+    assert result.outcome == "passed", result.tests[0].message
+
+
+def test_the_root_is_read_only_and_what_prepares_the_next_program_out_of_reach():
+    """Without root a program is uid 0 of a user namespace, which owns the root's own tmpfs: were it
+    writable, a file in / or /var, or a directory where /var/tmp links into the program's tmpfs, would
+    wait there for the next program. The program also kills every process it may: the worker (its
+    namespace's init) and the process that mounts each program's tmpfs (outside the namespace) live on,
+    and the next program, on the same slot, finds nothing."""
+    leave = """
+import os, signal
+ATTEMPTS = {"/": lambda: open("/learned", "w"), "/var": lambda: open("/var/x", "w"),
+            "/dev": lambda: open("/dev/x", "w"), "unlink": lambda: os.unlink("/var/tmp"),
+            "mkdir": lambda: os.mkdir("/x"), "chmod": lambda: os.chmod("/", 0o777)}
+
+def f():
+    done = []
+    for name, attempt in ATTEMPTS.items():
+        try:
+            attempt()
+            done.append(name)
+        except OSError:
+            pass
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return done
+"""
+    find = ("import os\ndef f():\n"
+            "    return [p for p in ('/learned', '/var/x', '/dev/x', '/x') if os.path.lexists(p)] + "
+            "[os.path.islink('/var/tmp')] + os.listdir('/var/tmp') + os.listdir('.')\n")
+    with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
+        worker = box.slots[0].worker.process.pid
+        results = box.run([leave, find], [UnitTests([ValueTest("f()", [])]), UnitTests([ValueTest("f()", [True])])])
+        assert box.slots[0].worker.process.pid == worker           # not replaced: nothing of it was killed
+    assert [r.outcome for r in results] == ["passed", "passed"], [r.tests[0].message for r in results]
+
+
 def test_blocked_calls_are_documented():
     text = (Path(__file__).resolve().parents[1] / "docs" / "sandbox.md").read_text()
     assert [name for name in BLOCKED_SYSCALLS if f"`{name}`" not in text] == []

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_sandbox_isolation import DEEP_TREE
 
 from bcoder.sandbox.isolation import ROOT_PREFIX, remove_tree
-from test_sandbox_isolation import DEEP_TREE
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = ["tests/test_sandbox.py", "tests/test_sandbox_hostile.py", "tests/test_sandbox_isolation.py",

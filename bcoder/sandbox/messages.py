@@ -36,15 +36,31 @@ def sealed(data):
     return fd
 
 
-def receive_bytes(sock, count):
-    """The next `count` raw bytes; EOFError if the other side closed first."""
-    data = bytearray()
-    while len(data) < count:
-        chunk = sock.recv(min(count - len(data), 1 << 20))
-        if not chunk:
-            raise EOFError("the other side closed")
-        data += chunk
-    return bytes(data)
+class Reader:
+    """The messages and raw bytes a worker or judge sends the pool (which pass no file descriptors),
+    read as they come in as few system calls as possible: a reply and the outputs after it usually
+    take one."""
+
+    def __init__(self, sock):
+        self.sock, self.buffer = sock, bytearray()
+
+    def receive_bytes(self, count):
+        """The next `count` bytes; EOFError if the other side closed first."""
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(max(count - len(self.buffer), 1 << 16))
+            if not chunk:
+                raise EOFError("the other side closed")
+            self.buffer += chunk
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return data
+
+    def receive(self):
+        """The next message; None once the other side has closed."""
+        try:
+            return json.loads(self.receive_bytes(struct.unpack(">I", self.receive_bytes(4))[0]))
+        except EOFError:
+            return None
 
 
 def receive(sock):

@@ -21,10 +21,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bcoder.sandbox import messages
-from bcoder.sandbox.isolation import ROOT_PREFIX, remove_tree, user_namespaces
 from bcoder.sandbox.answers import output_matches
-from bcoder.sandbox.schema import (WALL_FACTOR, AssertTest, ProgramResult, SandboxConfig, StdioTest, TestResult,
-                                   UnitTests, ValueTest)
+from bcoder.sandbox.isolation import ROOT_PREFIX, remove_tree, user_namespaces
+from bcoder.sandbox.schema import (
+    WALL_FACTOR,
+    AssertTest,
+    ProgramResult,
+    SandboxConfig,
+    StdioTest,
+    TestResult,
+    UnitTests,
+    ValueTest,
+)
 from bcoder.sandbox.values import encode
 from bcoder.sandbox.worker import read_report
 
@@ -56,6 +64,7 @@ class _Process:
         # A minimal environment: the caller's variables (tokens, paths) stay out of programs.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
         self.sock, theirs = socket.socketpair()
+        self.reader = messages.Reader(self.sock)
         self.process = subprocess.Popen([sys.executable, "-I", "-S", "-c", boot, json.dumps(settings),
                                          str(theirs.fileno())], pass_fds=[theirs.fileno()],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
@@ -72,18 +81,16 @@ class _Process:
 
     def receive(self):
         try:
-            message, fds = messages.receive(self.sock)
+            message = self.reader.receive()       # (a worker or judge passes no file descriptors)
         except OSError:
-            message, fds = None, []
-        for fd in fds:                             # none expected from a worker or judge
-            os.close(fd)
+            message = None
         if message is None:
             raise SlotDied(f"sandbox process {self.process.pid} died (exit status {self.process.wait()})")
         return message
 
     def receive_bytes(self, count):
         try:
-            return messages.receive_bytes(self.sock, count)
+            return self.reader.receive_bytes(count)
         except (OSError, EOFError):
             raise SlotDied(f"sandbox process {self.process.pid} died (exit status {self.process.wait()})") from None
 
@@ -126,10 +133,12 @@ class _Slot:
         self.job, self.replies = job, {}
         end = time.monotonic() + WALL_FACTOR * timeout         # the run's wall-clock limit (worker.py)
         self.deadline, self.judge_deadline = end + GRACE_SECONDS, end + JUDGE_GRACE
-        request = {"timeout": timeout, "wall": WALL_FACTOR * timeout, "apps": suite.apps, "stdin": None}
         # The source and inputs go to the program's process as sealed memfds: the worker, which
-        # every program is forked from, never holds a byte of them (worker.py).
-        source = messages.sealed(program.encode(errors="surrogatepass"))
+        # every program is forked from, never holds a byte of them (worker.py), only their sizes.
+        data = program.encode(errors="surrogatepass")
+        request = {"timeout": timeout, "wall": WALL_FACTOR * timeout, "apps": suite.apps, "stdin": None,
+                   "source": len(data)}
+        source = messages.sealed(data)
         if isinstance(suite.cases[0], StdioTest):
             inputs = [case.input.encode(errors="surrogatepass") for case in suite.cases]
             request["stdin"] = [len(data) for data in inputs]
@@ -446,8 +455,8 @@ def _stdio_test_result(case, report, answers):
         return TestResult("error", "OutputLimitExceeded", "the program wrote more output than the limit")
     if output_matches(answers, report["stdout"], case.output):
         return TestResult("passed")
-    return TestResult("failed", "WrongAnswer",
-                      f"expected {case.output[:SHOWN]!r}, got {report['stdout'][:SHOWN]!r}")
+    expected, got = case.output[:SHOWN], report["stdout"][:SHOWN]
+    return TestResult("failed", "WrongAnswer", f"expected {expected!r}, got {got!r}")
 
 
 def _judge_stalled(tests):
@@ -455,8 +464,8 @@ def _judge_stalled(tests):
     code stalled on the program's answers where no timer of the judge's interrupts it (in C code, as
     a set of ints that all hash alike). The program's doing: every test is a timeout."""
     message = "the tests did not finish within the time limit"
-    return ProgramResult(outcome="runtime_error", tests=[TestResult("timeout", "Timeout", message) for _ in tests.cases],
-                         error_type="Timeout", message=message)
+    timed_out = [TestResult("timeout", "Timeout", message) for _ in tests.cases]
+    return ProgramResult(outcome="runtime_error", tests=timed_out, error_type="Timeout", message=message)
 
 
 def _harness_error(tests, message):

@@ -155,10 +155,12 @@ def write_all(fd, data):
 COMPILED_LINE = b'["compiled"]\n'   # a constant: the encoder's first use costs a forked child ~20 page copies
 
 
-def read_source(fd):
-    """The program's source from its sealed memfd (read in the forked child: the worker never holds it)."""
+def read_source(fd, size):
+    """The program's source from its sealed memfd of `size` bytes (read in the forked child: the worker
+    never holds it): one read of that many bytes (a megabyte's buffer and a read to the end, or an
+    fstat, cost the child some 50 page copies)."""
     parts, offset = [], 0
-    while chunk := os.pread(fd, 1 << 20, offset):
+    while offset < size and (chunk := os.pread(fd, size - offset, offset)):
         parts.append(chunk)
         offset += len(chunk)
     return b"".join(parts).decode()

@@ -13,7 +13,8 @@ holds the tests, and the worker only passes the program its two ends of the judg
 Protocol on the socket, each message a 4-byte big-endian length and UTF-8 JSON:
 
   hello    worker -> pool   {"isolated": bool, "tmp": path}
-  request  pool -> worker   {"timeout": CPU s, "wall": s, "apps": bool, "stdin": [each input's length in bytes] | null,
+  request  pool -> worker   {"timeout": CPU s, "wall": s, "apps": bool, "source": its length in bytes,
+                            "stdin": [each input's length in bytes] | null,
                             "names": [the names the tests take from the program]}
                             with the fds [source] + ([inputs] for a standard-input run, the inputs
                             one after the other; else the program's ends [status, calls] of the
@@ -29,6 +30,7 @@ error_type, message, seconds, memory, sizes [bytes sent of each output], seen [b
 the pool completes it (read_report).
 """
 import fcntl
+import functools
 import gc
 import json
 import math
@@ -41,10 +43,26 @@ import sys
 import time
 
 from bcoder.sandbox import messages, program
-from bcoder.sandbox.isolation import (PR_SET_CHILD_SUBREAPER, ROOT_PREFIX, WORK_DIR, become, discard_file_system,
-                                      fresh_file_system, in_scratch, install_seccomp, interpreter_paths, isolate,
-                                      new_directory, not_dumpable, pid_namespace_init, prctl, remove_tree,
-                                      seccomp_filter, unshare_ipc)
+from bcoder.sandbox.isolation import (
+    DONE,
+    PR_SET_CHILD_SUBREAPER,
+    READY,
+    ROOT_PREFIX,
+    WORK_DIR,
+    become,
+    in_scratch,
+    install_seccomp,
+    interpreter_paths,
+    isolate,
+    lock_privileges,
+    new_directory,
+    not_dumpable,
+    pid_namespace_init,
+    prctl,
+    remove_tree,
+    seccomp_filter,
+    serve_file_systems,
+)
 
 # Imported once here so that programs do not pay for them after each fork: the small modules
 # programs use most (HumanEval prompts import typing). Each megabyte here costs every fork.
@@ -90,11 +108,13 @@ class Worker:
         if config["isolate"]:             # as root: programs run as self.uid; else in a user namespace
             self.root = isolate(paths, user=self.uid is None, per_program=True)
         not_dumpable()                    # (after isolate: it writes its uid map in /proc/self, which this hides)
-        if self.root:
-            pid_namespace_init()          # programs see no process of another slot or pool, nor the judge
-        self.bound = in_scratch(paths)
-        self.seccomp = seccomp_filter()
+        self.file_systems = None
+        if self.root:                     # programs see no process of another slot or pool, nor the judge, nor
+            # the parent left outside, which mounts a fresh tmpfs for each program (this process cannot: the filter)
+            self.file_systems = pid_namespace_init(functools.partial(serve_file_systems, self.root, self.uid,
+                                                                     in_scratch(paths)))
         prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(PR_SET_CHILD_SUBREAPER)")
+        seccomp = seccomp_filter()
         self.kill_leftovers()             # of a previous worker in this slot (without a PID namespace)
         if self.root:                     # each program gets a fresh tmpfs there
             self.work = None
@@ -102,12 +122,26 @@ class Worker:
         else:
             self.work = new_directory(ROOT_PREFIX, 0o711)
         program.add_site_builtins()
-        program.warm_up()
+        if self.root:                     # every program's root: it is never outside it, nor is this process
+            os.chroot(self.root)
+            os.chdir("/")
+        # Once, for every program's process, forked from here, to inherit (this process never runs a
+        # line of a program's, and it needs no capability from here on unless it is root, to drop each
+        # program to its uid): no capability where programs stay uid 0, no new privileges, and the
+        # seccomp filter (which can be added to, never taken off).
+        lock_privileges(self.uid)
+        install_seccomp(seccomp)
+        self.limits = [(kind, (value, value)) for kind, value in (
+            (resource.RLIMIT_AS, config["memory_limit"]), (resource.RLIMIT_NPROC, config["max_processes"]),
+            (resource.RLIMIT_FSIZE, config["max_file_size"]), (resource.RLIMIT_NOFILE, config["max_open_files"]),
+            (resource.RLIMIT_CORE, 0))]
+        program.warm_up()                 # last: what runs after it would leave the child colder
         gc.collect()
         gc.freeze()                       # keeps forked children from copying GC'd pages
 
     def serve(self):
-        messages.send(self.sock, {"isolated": self.root is not None, "tmp": self.root or self.work})
+        messages.send(self.sock, {"isolated": self.root is not None,
+                                  "tmp": os.path.dirname(self.root) if self.root else self.work})
         while True:
             request, fds = messages.receive(self.sock)
             if request is None:
@@ -157,11 +191,11 @@ class Worker:
         if stdin is None:
             stdin = os.open(os.devnull, os.O_RDONLY)
         fds = [stdin, *outputs[:2], *(channel or outputs[2:])]
+        if self.root and os.read(self.file_systems[1], 1) != READY:     # the parent mounted this program's tmpfs
+            raise RuntimeError("no file system for the program: the worker's parent failed")
         started = time.monotonic()
         workdir = None
-        if self.root:
-            fresh_file_system(self.root, self.uid, self.bound)
-        else:
+        if not self.root:
             workdir = f"{self.work}/{os.urandom(8).hex()}"
             os.mkdir(workdir, 0o700)
             # Set here, not in the child: each page a forked child first writes costs it a copy, and
@@ -173,7 +207,7 @@ class Worker:
         if pid == 0:
             code = 1
             try:
-                text = program.read_source(source)
+                text = program.read_source(source, request["source"])
                 arrange_fds(high)
                 self.enter_program(workdir, cpu)
                 code = program.program_main(text, request["apps"], len(outputs) == 3, request.get("names", ()))
@@ -187,28 +221,21 @@ class Worker:
         for fd in high + fds[:1]:
             os.close(fd)
         report = self.watch(pid, outputs, started, deadline, cpu)
-        if self.root:
-            discard_file_system(self.root)
+        if self.root:                     # no process of the program is left: the parent detaches its tmpfs
+            os.write(self.file_systems[0], DONE)
         else:
             remove_tree(workdir)
         return report, outputs
 
     def enter_program(self, workdir, cpu):
+        """In the child, before the program: what is not inherited from this process. (Each object
+        made here costs the child page copies: the limits are built before the fork.)"""
         os.setsid()
-        limits = {resource.RLIMIT_AS: self.config["memory_limit"],
-                  resource.RLIMIT_CPU: (cpu, cpu + 1),
-                  resource.RLIMIT_NPROC: self.config["max_processes"],
-                  resource.RLIMIT_FSIZE: self.config["max_file_size"],
-                  resource.RLIMIT_NOFILE: self.config["max_open_files"],
-                  resource.RLIMIT_CORE: 0}
-        for kind, value in limits.items():
-            resource.setrlimit(kind, value if isinstance(value, tuple) else (value, value))
-        if self.root:
-            unshare_ipc()                 # System V memory and queues die with the program
-            os.chroot(self.root)
+        for kind, value in self.limits:
+            resource.setrlimit(kind, value)
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         os.chdir(workdir or WORK_DIR)
-        become(self.uid)
-        install_seccomp(self.seccomp)
+        become(self.uid, inherited=self.root is not None)
 
     def watch(self, pid, outputs, started, deadline, cpu):
         """Waits for the program's process to exit or the deadline to pass; then kills and reaps
@@ -253,9 +280,9 @@ class Worker:
         Isolated, this worker is the init of its own PID namespace, and the programs' processes are
         its only other members: one kill(-1) reaches them all, and each orphan is re-parented here.
         Unisolated it is a child subreaper, so each orphan is re-parented to it, and each child is
-        killed in turn. Either way, once no child is left, no descendant is left.
+        killed in turn (its process group first). Either way, once no child is left, no descendant is left.
         """
-        if pid is not None:
+        if pid is not None and not self.root:
             self.kill_group(pid)
         while True:
             try:
