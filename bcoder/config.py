@@ -26,7 +26,8 @@ def _field(default, help, key=None):
 # are written out here (tests/test_cli.py checks that they agree). Keyed by flat key.
 CHOICES = {"operator": ("conservative", "optimality"), "loss_backend": ("auto", "cpp", "cuda", "triton", "reference"),
            "loss_path": ("fused", "logits"), "dtype": ("float32", "bfloat16"), "architecture": ("t5", "qwen2", "llama"),
-           "adapter": ("auto", "lora", "none")}
+           "adapter": ("auto", "lora", "none"), "td_scale": ("program", "token"), "ce_scale": ("sum", "mean"),
+           "value_residual": ("additive", "capped")}
 
 
 @dataclass
@@ -94,6 +95,13 @@ class LossConfig:
     beta_adv: float = _field(0.1, "weight of L_adv (theta-stage)")
     beta_ce: float = _field(0.5, "weight of L_ce (theta-stage)")
     operator: str = _field("conservative", "the TD target's action (optimality: Figure 1's ablation)")
+    td_scale: str = _field("program", "L_Q: the mean over programs of each one's mean squared TD error (program: "
+                                      "the paper's eq. 15) or the mean over all tokens of the batch (token)")
+    ce_scale: str = _field("sum", "L_ce: the mean over ground-truth programs of each one's summed cross-entropy (sum: "
+                                  "the paper's eq. 1) or the mean over ground-truth tokens (mean)")
+    value_residual: str = _field("additive", "theta's value: V_phi + (h1 - h2), the residual added after the cap "
+                                             "(additive: the paper's eq. 16), or the cap of the summed raw values "
+                                             "(capped)")
     backend: str = _field("auto", "the fused op's backend", key="loss_backend")
     path: str = _field("fused", "fused: the loss from the decoders' hidden states, no [B, T, V] logits; logits: "
                                 "materialise them (for comparison)", key="loss_path")
@@ -113,6 +121,9 @@ class ThetaConfig:
     steps: int = _field(150, "theta-stage: steps", key="theta_steps")
     batch: int = _field(64, "theta-stage: global batch (programs)", key="theta_batch")
     lr: float = _field(1e-5, "theta-stage: peak learning rate (linear decay, no warm-up)", key="theta_lr")
+    controls: bool = _field(True, "also train the CE-only control theta_ce (the same steps, L_Q and L_adv cut from "
+                                  "the logits) and rank by the free baselines (theta_ckpt's log-probability, phi's "
+                                  "R~): eval reports them beside theta")
 
 
 @dataclass
@@ -121,7 +132,7 @@ class TrainingConfig:
     seed: int = _field(0, "seed of the training: initialisation, batches and sampling")
     weight_decay: float = _field(0.05, "AdamW's weight decay")
     rho_real: float = _field(0.5, "share of ground-truth programs in a batch")
-    grad_clip: float = _field(1.0, "gradient norm clip")
+    grad_clip: float = _field(1.0, "gradient norm clip (0: none, as the paper)")
     dtype: str = _field("float32", "the trained decoders' compute dtype (bfloat16: autocast)")
     gradient_checkpointing: bool = _field(False, "recompute the trained decoder's activations in the backward")
     curve_every: int = _field(0, "every this many phi/theta steps, greedy pass@1 on curve_problems (0: never)")
@@ -216,23 +227,24 @@ _SMOKE = with_values(TrainConfig(), n_train=24, n_test=8, d_model=32, d_ff=64, h
                      samples_per_problem=2, phi_steps=6, phi_batch=8, theta_steps=6, theta_batch=8, eval_samples=2,
                      max_new_tokens=48, curve_every=3, curve_problems=4, log_every=2, checkpoint_every=2)
 PRESETS = {
-    # beta_ce 1000: the best of the theta-stage settings tried over 3 seeds (bench/RESULTS.md, "The theta-stage
-    # over seeds"): at this scale the TD and L_adv gradients flatten theta's policy and every lighter setting
-    # samples worse than theta_ckpt; a dominant L_ce keeps the policy where theta_ckpt's is, while the value head
-    # h1 (which only L_Q reaches) still learns R~. The paper's 0.5 stays the default and --preset paper's.
-    "tiny": with_values(_TINY, beta_ce=1000.0),
+    # The paper's loss and weights (bench/RESULTS.md, "The θ-stage against its controls": no setting tried beat
+    # the CE-only control by more than the noise over seeds, so none replaces them).
+    "tiny": _TINY,
     "smoke": _SMOKE,
     # A decoder-only Qwen2-style model of the tiny preset's size, LoRA adapters for phi and theta.
     "tiny-causal": with_values(_TINY, architecture="qwen2", theta_lr=1e-4),
     "smoke-causal": with_values(_SMOKE, architecture="qwen2", lora_rank=4),
     # The paper's App. H, for a downloaded CodeT5 / CodeRL checkpoint (--model) on APPS or MBPP (--data,
     # --eval-data): phi at a constant 1e-5 for 18k steps of 256, theta at a peak 3e-5 decaying linearly over
-    # 10k steps of 128, 256 samples per problem, 600/512 tokens; evaluated at temperature 0.6 with m = 256.
+    # 10k steps of 128, 256 samples per problem, 600/512 tokens, no gradient clipping. Evaluated as Table 1
+    # (2500 samples at temperature 0.6: pass@1 and @5 ranked from m = 256, pass@1000 from all 2500; the oracle
+    # on those) and Table 2 (filtered: a pool of 1000 at temperature 0.4).
     "paper": with_values(TrainConfig(), data="", samples_per_problem=256, sandbox_timeout=4.0, phi_steps=18000,
                          phi_batch=256, phi_lr=1e-5, theta_steps=10000, theta_batch=128, theta_lr=3e-5,
                          weight_decay=0.05, rho_real=0.5, alpha=1.0, beta_adv=0.1, beta_ce=0.5, max_prompt_tokens=600,
-                         max_program_tokens=512, max_new_tokens=512, eval_samples=256, rank_m=256,
-                         eval_temperature=0.6, curve_every=500, log_every=50, checkpoint_every=500),
+                         max_program_tokens=512, max_new_tokens=512, eval_samples=2500, rank_m=256,
+                         eval_ks=(1, 5, 1000), eval_temperature=0.6, filter_samples=1000, filter_temperature=0.4,
+                         grad_clip=0.0, curve_every=500, log_every=50, checkpoint_every=500),
 }
 NEEDS = {"paper": ("model", "data")}   # the flat keys a preset leaves to the command line
 PRESET_HELP = ("the defaults the flags start from: tiny (every stage on the CPU in minutes), smoke (seconds, for "
@@ -263,8 +275,8 @@ def check_config(config):
             if not isinstance(values[name], int) or values[name] < low:
                 raise TrainingError(f"{flag(name)} must be an integer >= {low}, got {values[name]!r}")
     bounds = {**{name: ("> 0", lambda v: v > 0) for name in ("sandbox_timeout", "sft_lr", "phi_lr", "theta_lr",
-                                                               "alpha", "grad_clip", "lora_alpha")},
-              **{name: (">= 0", lambda v: v >= 0) for name in ("sample_temperature", "eval_temperature",
+                                                               "alpha", "lora_alpha")},
+              **{name: (">= 0", lambda v: v >= 0) for name in ("grad_clip", "sample_temperature", "eval_temperature",
                                                                 "filter_temperature", "weight_decay", "beta_adv",
                                                                 "beta_ce")},
               **{name: ("in [0, 1]", lambda v: 0 <= v <= 1) for name in ("rho_real", "gamma")},

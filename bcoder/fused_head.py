@@ -42,30 +42,33 @@ import torch
 from bcoder import ops
 from bcoder.loss import _check_inputs, _describe, losses_from_stats
 from bcoder.ops import FLOAT_DTYPES
-from bcoder.reference import check_operator
+from bcoder.reference import check_operator, check_scales
 
 CHUNK_BYTES = 64 * 2**20  # default bound on one chunk of logits
 
 
 def bellman_loss_from_hidden(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_weight, values, actions, mask,
                              rewards, is_ground_truth, gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5,
-                             r_max=1.0, operator="conservative", backend="auto", chunk_rows=None):
+                             r_max=1.0, operator="conservative", backend="auto", chunk_rows=None, *,
+                             value_residual=None, td_scale="program", ce_scale="sum", logit_terms="all"):
     """`bellman_loss(hidden @ lm_head_weight.T, ckpt_hidden @ ckpt_lm_head_weight.T, ...)` without
     materialising the logits; returns a BellmanLossOutput (loss, td_loss, adv_loss, ce_loss, q).
 
     hidden [B, T, H]: the decoder's last hidden states, position t predicting actions[:, t].
     lm_head_weight [V, H], same dtype and device. ckpt_hidden [B, T, H] or None (take the target
     argmax from the trained logits). ckpt_lm_head_weight [V, H] or None (the same weight as
-    lm_head_weight). values, actions, mask, rewards, is_ground_truth and the hyper-parameters as in
-    bcoder.bellman_loss. Gradients reach hidden, lm_head_weight and values; the checkpoint tensors
+    lm_head_weight). values, actions, mask, rewards, is_ground_truth, the hyper-parameters and
+    value_residual, td_scale, ce_scale, logit_terms as in bcoder.bellman_loss. Gradients reach hidden,
+    lm_head_weight, values and value_residual; the checkpoint tensors
     are frozen (never get one). backend: "auto" | "cpp" | "cuda" | "triton" | "reference", the
     fused op reducing each chunk. chunk_rows: rows per chunk (default: logits chunks of at most
     CHUNK_BYTES).
     """
     check_hidden_inputs(hidden=hidden, lm_head_weight=lm_head_weight, ckpt_hidden=ckpt_hidden,
                         ckpt_lm_head_weight=ckpt_lm_head_weight, values=values, actions=actions, mask=mask,
-                        rewards=rewards, is_ground_truth=is_ground_truth)
+                        rewards=rewards, is_ground_truth=is_ground_truth, value_residual=value_residual)
     check_operator(operator)
+    check_scales(td_scale, ce_scale, logit_terms)
     backend = ops.resolve_backend(backend, hidden.device)
     vocab = lm_head_weight.shape[0]
     if chunk_rows is None:
@@ -86,11 +89,12 @@ def bellman_loss_from_hidden(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_w
     return losses_from_stats(row_max=row_max, shifted_lse=shifted_lse, gathered=gathered, target=target,
                              values=values, mask=mask, rewards=rewards, is_ground_truth=is_ground_truth,
                              gamma=gamma, alpha=alpha, beta_adv=beta_adv, beta_ce=beta_ce, r_max=r_max,
-                             operator=operator)
+                             operator=operator, value_residual=value_residual, td_scale=td_scale, ce_scale=ce_scale,
+                             logit_terms=logit_terms)
 
 
 def check_hidden_inputs(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_weight, values, actions, mask,
-                        rewards, is_ground_truth):
+                        rewards, is_ground_truth, value_residual=None):
     """ValueError naming the argument for any malformed input of bellman_loss_from_hidden."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or 0 in hidden.shape:
         raise ValueError(f"hidden must be a non-empty [B, T, H] tensor, got {_describe(hidden)}")
@@ -118,7 +122,7 @@ def check_hidden_inputs(hidden, lm_head_weight, ckpt_hidden, ckpt_lm_head_weight
     # The [B, T] and [B] arguments are checked as bellman_loss checks them, against a stand-in for
     # the [B, T, V] logits that has their shape, dtype and device but no memory.
     logits_like = hidden.new_zeros(()).expand(batch, steps, vocab)
-    _check_inputs(logits_like, values, actions, mask,
+    _check_inputs(logits_like, values, actions, mask, value_residual=value_residual,
                   per_program={"rewards": (rewards, FLOAT_DTYPES), "is_ground_truth": (is_ground_truth, (torch.bool,))})
 
 

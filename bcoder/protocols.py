@@ -72,13 +72,15 @@ def protocol_pass_at_k(protocol, candidates, k, m=None):
 
 
 def protocol_table(groups, protocols=PROTOCOLS, ks=(1, 5), m=None):
-    """{protocol: {"pass@k": mean over problems}} for groups, one candidate list per problem; a
-    protocol's "pass@k" is left out where some problem has fewer than k candidates (m)."""
+    """{protocol: {"pass@k": mean over problems}} for groups, one candidate list per problem. m applies to
+    the k it can hold (k <= m); a larger k ranks the whole pool, as the paper's Table 1 takes pass@1 and @5
+    from m = 256 and pass@1000 from all 2500. A protocol's "pass@k" is left out where some problem has fewer
+    than k candidates."""
     table = {}
     for protocol in protocols:
         row = {}
         for k in ks:
-            values = [protocol_pass_at_k(protocol, group, k, m) for group in groups]
+            values = [protocol_pass_at_k(protocol, group, k, m if m and k <= m else None) for group in groups]
             if groups and None not in values:
                 row[f"pass@{k}"] = sum(values) / len(values)
         table[protocol] = row
@@ -98,8 +100,9 @@ def outcome_returns(records):
 
 def protocol_report(records, problems, protocols=PROTOCOLS, ks=(1, 5), m=None):
     """eval.json's tables for the records of one policy: {protocol: {"pass@k"}} overall and, where the
-    problems have a difficulty (APPS), "by_difficulty". filtered and oracle read the "filter" pool
-    when the records have one."""
+    problems have a difficulty (APPS), "by_difficulty". filtered reads the "filter" pool when the records
+    have one (the paper's Table 2: 1000 samples at temperature 0.4); oracle always ranks the main pool,
+    as the paper's Table 9 filters Table 1's candidates."""
     by_task = {}
     for r in records:
         by_task.setdefault((r["pool"], r["task_id"]), []).append(r)
@@ -108,13 +111,12 @@ def protocol_report(records, problems, protocols=PROTOCOLS, ks=(1, 5), m=None):
     def table(subset):
         tasks = [p.task_id for p in subset if ("main", p.task_id) in by_task]
         main = [by_task[("main", t)] for t in tasks]
-        result = protocol_table(main, [p for p in protocols if p in ("unranked", "ranked")], ks, m)
-        rest = [p for p in protocols if p in ("filtered", "oracle")]
-        if rest:
+        result = protocol_table(main, [p for p in protocols if p in ("unranked", "ranked", "oracle")], ks, m)
+        if "filtered" in protocols:
             if has_filter_pool:
-                result.update(protocol_table([by_task[("filter", t)] for t in tasks], rest, ks))
+                result.update(protocol_table([by_task[("filter", t)] for t in tasks], ["filtered"], ks))
             else:
-                result.update(protocol_table(main, rest, ks, m))
+                result.update(protocol_table(main, ["filtered"], ks, m))
         result["problems"] = len(tasks)
         return result
 

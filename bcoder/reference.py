@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 
 OPERATORS = ("conservative", "optimality")  # the Bellman operator of the TD target (docs/method.md#the-loss)
+TD_SCALES = ("program", "token")  # L_Q: mean over programs of each one's mean (the paper), or mean over all tokens
+CE_SCALES = ("sum", "mean")  # L_ce: mean over ground-truth programs of each one's sum (the paper), or over their tokens
+LOGIT_TERMS = ("all", "ce")   # the terms whose gradient reaches the logits: all, or L_ce alone (the control)
 
 
 def check_operator(operator):
@@ -21,6 +24,17 @@ def check_operator(operator):
     made by every function that takes it (bcoder.loss, bcoder.fused_head and this module)."""
     if operator not in OPERATORS:
         raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+
+
+def check_scales(td_scale, ce_scale, logit_terms="all"):
+    """ValueError unless td_scale is one of TD_SCALES, ce_scale one of CE_SCALES and logit_terms one of
+    LOGIT_TERMS: the one check of these arguments, made by every function that takes them."""
+    if td_scale not in TD_SCALES:
+        raise ValueError(f"td_scale must be one of {TD_SCALES}, got {td_scale!r}")
+    if ce_scale not in CE_SCALES:
+        raise ValueError(f"ce_scale must be one of {CE_SCALES}, got {ce_scale!r}")
+    if logit_terms not in LOGIT_TERMS:
+        raise ValueError(f"logit_terms must be one of {LOGIT_TERMS}, got {logit_terms!r}")
 
 
 def softabs(x):
@@ -31,6 +45,13 @@ def softabs(x):
 def capped_value(u, r_max=1.0):
     """V(s) = R_max - softabs(u(s)) <= R_max, from the value head's raw output u."""
     return r_max - softabs(u)
+
+
+def state_value(u, r_max=1.0, value_residual=None):
+    """V(s) = R_max - softabs(u(s)) + r(s): the capped value plus, when given, the theta-stage's
+    residual r = h1 - h2 added after the cap (paper eq. 16; V may then exceed R_max)."""
+    value = capped_value(u, r_max)
+    return value if value_residual is None else value + value_residual
 
 
 def first_argmax(x):
@@ -48,12 +69,13 @@ def advantage(logits, actions, alpha=1.0):
     return alpha * (taken - row_max)
 
 
-def q_values(logits, values, actions, alpha=1.0, r_max=1.0):
-    """Q(s, a) = A(s, a) + V(s) for the taken actions: [B, T]."""
-    return advantage(logits, actions, alpha) + capped_value(values, r_max)
+def q_values(logits, values, actions, alpha=1.0, r_max=1.0, *, value_residual=None):
+    """Q(s, a) = A(s, a) + V(s) for the taken actions: [B, T] (V with value_residual, if given)."""
+    return advantage(logits, actions, alpha) + state_value(values, r_max, value_residual)
 
 
-def next_targets(logits, ckpt_logits, values, mask, alpha=1.0, r_max=1.0, operator="conservative"):
+def next_targets(logits, ckpt_logits, values, mask, alpha=1.0, r_max=1.0, operator="conservative", *,
+                 value_residual=None):
     """q_next[b, t] = Q(s_{t+1}, a_hat_{t+1}), detached, 0 at the terminal step (docs/method.md#the-loss).
 
     conservative: a_hat = first argmax of ckpt_logits (of logits when ckpt_logits is None).
@@ -61,11 +83,12 @@ def next_targets(logits, ckpt_logits, values, mask, alpha=1.0, r_max=1.0, operat
     """
     check_operator(operator)
     logits, values = logits.detach(), values.detach()
+    value = state_value(values, r_max, None if value_residual is None else value_residual.detach())
     if operator == "conservative":
         target_source = logits if ckpt_logits is None else ckpt_logits.detach()
-        q_hat = advantage(logits, first_argmax(target_source), alpha) + capped_value(values, r_max)
+        q_hat = advantage(logits, first_argmax(target_source), alpha) + value
     else:  # optimality
-        q_hat = capped_value(values, r_max)
+        q_hat = value
     return torch.where(shift_left(mask), shift_left(q_hat), 0.0)
 
 
@@ -82,37 +105,53 @@ def terminal_rewards(rewards, mask):
 
 def bellman_loss(logits, ckpt_logits, values, actions, mask, rewards, is_ground_truth,
                  gamma=0.999, alpha=1.0, beta_adv=0.1, beta_ce=0.5, r_max=1.0,
-                 operator="conservative"):
+                 operator="conservative", *, value_residual=None, td_scale="program", ce_scale="sum",
+                 logit_terms="all"):
     """L = L_Q + beta_adv * L_adv + beta_ce * L_ce (docs/method.md#the-loss); returns (loss, td, adv, ce).
 
-    L_Q   = mean over real tokens of delta^2, delta = r_t + gamma * q_next_t - Q(s_t, a_t);
+    delta = r_t + gamma * q_next_t - Q(s_t, a_t), V = R_max - softabs(values) (+ value_residual);
+    L_Q   = td_scale "program": mean over programs of the mean over the program's tokens of delta^2
+            (paper eq. 15); "token": mean over all real tokens of the batch;
     L_adv = mean over ground-truth programs of sum_t |A(s_t, a_t)|;
-    L_ce  = mean over ground-truth tokens of -log softmax(logits)[a_t].
+    L_ce  = ce_scale "sum": mean over ground-truth programs of sum_t -log softmax(logits)[a_t]
+            (paper eq. 1); "mean": mean over ground-truth tokens. 0 without ground truth.
     The phi-stage loss L_V is L_Q with frozen logits (ckpt_logits=None, only values train).
+    logit_terms "ce": the logits' gradient comes from L_ce alone (L_Q and L_adv see them detached): the
+    CE-only control, whose policy moves as supervised fine-tuning while L_Q still trains the values.
     """
+    check_scales(td_scale, ce_scale, logit_terms)
     mask = mask.bool()
-    q = q_values(logits, values, actions, alpha=alpha, r_max=r_max)
-    q_next = next_targets(logits, ckpt_logits, values, mask, alpha=alpha, r_max=r_max, operator=operator)
+    policy_logits = logits if logit_terms == "all" else logits.detach()
+    q = q_values(policy_logits, values, actions, alpha=alpha, r_max=r_max, value_residual=value_residual)
+    q_next = next_targets(logits, ckpt_logits, values, mask, alpha=alpha, r_max=r_max, operator=operator,
+                          value_residual=value_residual)
     delta = terminal_rewards(rewards.to(q.dtype), mask) + gamma * q_next - q
-    td_loss = torch.where(mask, delta.square(), 0.0).sum() / mask.sum()
+    squared = torch.where(mask, delta.square(), 0.0)
+    if td_scale == "program":
+        td_loss = (squared.sum(1) / mask.sum(1)).mean()
+    else:
+        td_loss = squared.sum() / mask.sum()
 
     gt_tokens = mask & is_ground_truth.bool().unsqueeze(1)
-    adv = advantage(logits, actions, alpha)
-    adv_loss = torch.where(gt_tokens, adv.abs(), 0.0).sum() / is_ground_truth.sum().clamp(min=1)
+    gt_programs = is_ground_truth.sum().clamp(min=1)
+    adv = advantage(policy_logits, actions, alpha)
+    adv_loss = torch.where(gt_tokens, adv.abs(), 0.0).sum() / gt_programs
     nll = -torch.log_softmax(logits, dim=-1).gather(-1, actions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    ce_loss = torch.where(gt_tokens, nll, 0.0).sum() / gt_tokens.sum().clamp(min=1)
+    ce_total = torch.where(gt_tokens, nll, 0.0).sum()
+    ce_loss = ce_total / (gt_programs if ce_scale == "sum" else gt_tokens.sum().clamp(min=1))
     loss = td_loss + beta_adv * adv_loss + beta_ce * ce_loss
     return loss, td_loss, adv_loss, ce_loss
 
 
-def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0):
-    """The free reward model r~(s_t, a_t) = Q(s_t, a_t) - gamma * V(s_{t+1}), V(s_{T+1}) = 0.
+def token_rewards(logits, values, actions, mask, gamma=0.999, alpha=1.0, r_max=1.0, *, value_residual=None):
+    """The free reward model r~(s_t, a_t) = Q(s_t, a_t) - gamma * V(s_{t+1}), V(s_{T+1}) = 0
+    (V with value_residual, if given).
 
     Returns [B, T], 0 on padding. R~(W) = sum over t (docs/method.md#rewards).
     """
     mask = mask.bool()
-    q = q_values(logits, values, actions, alpha=alpha, r_max=r_max)
-    v_next = torch.where(shift_left(mask), shift_left(capped_value(values, r_max)), 0.0)
+    q = q_values(logits, values, actions, alpha=alpha, r_max=r_max, value_residual=value_residual)
+    v_next = torch.where(shift_left(mask), shift_left(state_value(values, r_max, value_residual)), 0.0)
     return torch.where(mask, q - gamma * v_next, 0.0)
 
 

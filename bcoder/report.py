@@ -35,6 +35,10 @@ from bcoder.run import (
     read_run_config,
 )
 
+# The policies and rankers of eval.json, as the tables name them.
+POLICY_NAMES = {"ckpt": "θ_ckpt", "theta": "θ (B-Coder)", "control": "θ, CE only (control)"}
+RANKER_NAMES = {"phi": "φ R~ (no θ-stage)", "logprob": "θ_ckpt log-prob"}
+
 # How answers were compared; an eval.json written before the policies existed used APPS's fallbacks.
 ANSWER_POLICY_TEXT = {"strict": "answers compared strictly, as for rewards",
                       "apps": "answers compared with the official APPS checker's fallbacks, which accept some wrong "
@@ -234,7 +238,7 @@ def pass_table(report, ks):
              "|---|---|" + "---|" * len(ks) + "---|---|---|"]
     filt = settings.get("filter")
     for policy in policies:
-        name = {"ckpt": "θ_ckpt", "theta": "θ (B-Coder)"}.get(policy, policy)
+        name = POLICY_NAMES.get(policy, policy)
         if "greedy" in report[policy]:
             lines.append(f"| {name} | greedy | {_fmt(report[policy]['greedy'].get('pass@1'))} |"
                          + " – |" * (len(ks) - 1) + " 1 | 1 | 0 |")
@@ -247,7 +251,12 @@ def pass_table(report, ks):
             if filt and protocol in ("filtered", "oracle"):
                 n, m, t = filt["n"], filt["m"], filt["temperature"]
             cells = " | ".join(_fmt(report[policy][protocol].get(f"pass@{k}")) for k in ks)
-            lines.append(f"| {name} | {protocol} | {cells} | {n} | {m} | {t} |")
+            lines.append(f"| {name} | {protocol}{' by θ R~' if protocol in ('ranked', 'filtered') else ''} | "
+                         f"{cells} | {n} | {m} | {t} |")
+            for ranker, table in report[policy].get("ranked_by", {}).items():
+                if protocol in table:
+                    cells = " | ".join(_fmt(table[protocol].get(f"pass@{k}")) for k in ks)
+                    lines.append(f"| {name} | {protocol} by {RANKER_NAMES[ranker]} | {cells} | {n} | {m} | {t} |")
     return lines
 
 
@@ -315,6 +324,7 @@ def run_description(run_dir, config):
             continue
         last = max((r["step"] for r in metrics.get(stage, []) if "loss" in r), default=None)
         done.append({"sft": f"sft ({last} steps)", "phi": f"phi ({last} steps)", "theta": f"theta ({last} steps)",
+                     "control": f"control ({last} steps, L_ce alone on the logits)",
                      "sample": f"sample ({config.sample.samples_per_problem} programs per training problem)"
                      }.get(stage, stage))
     ckpt = (f"`{model.checkpoint}` (given)" if model.checkpoint
@@ -375,7 +385,12 @@ def write_report(run_dir, ablations=None):
                   f"{ANSWER_POLICY_TEXT[settings.get('answers', 'apps')]}). "
                   "unranked: the unbiased estimator from n; ranked: top k of m by R~; filtered: the same after "
                   "dropping programs that fail the example tests (none left = unsolved); oracle: filtered by all the "
-                  "tests (pass@m, the upper bound). With m < n, the exact mean over the pool's m-subsets.",
+                  "tests (pass@m, the upper bound). With m < n, the exact mean over the pool's m-subsets. "
+                  "The controls: θ, CE only, is trained as θ is (same start, steps and batches) but only L_ce moves "
+                  "its policy; the same pools ranked by the free baselines, φ's R~ (no θ-stage) and θ_ckpt's mean "
+                  "token log-probability. Every model samples with the same random numbers per problem chunk. A "
+                  "gain of θ counts only where it beats these by more than the noise over seeds "
+                  "(experiments/theta_study.py).",
                   "", *pass_table(report, ks), *difficulty_tables(report, ks), "",
                   "## Mean R~ per true outcome (all tests)", "", *outcome_table(report), ""]
     if records:

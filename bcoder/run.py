@@ -4,7 +4,7 @@ Everything that trains, evaluates, ranks or reports on a run opens it through he
 RUN/config.json     the resolved config (flat keys: bcoder.config)
 RUN/ckpt/           sft's theta_ckpt and tokenizer (unless --model names one)
 RUN/replay.db       every program scored (bcoder.replay)
-RUN/phi/, theta/    the Q-models (bcoder.models)
+RUN/phi/, theta/    the Q-models (bcoder.models); control/ theta's CE-only control
 RUN/metrics.jsonl   every logged step; curves.png its figures
 RUN/eval.json       the eval stage's report; eval_samples.jsonl its samples; report.md in words
 RUN/state/          the resume checkpoints (model, optimiser, scheduler, RNG and data position) and a
@@ -23,7 +23,7 @@ from bcoder.config import RESULT_NEUTRAL, TrainingError, config_dict, config_fro
 from bcoder.files import RunLock, write_atomic, write_atomic_with
 from bcoder.replay import ReplayStore
 
-STAGES = ("sft", "sample", "phi", "theta", "eval")
+STAGES = ("sft", "sample", "phi", "theta", "control", "eval")
 CONFIG_FILE, REPLAY_FILE, METRICS_FILE = "config.json", "replay.db", "metrics.jsonl"
 EVAL_FILE, EVAL_SAMPLES_FILE, REPORT_FILE, CURVES_FILE = "eval.json", "eval_samples.jsonl", "report.md", "curves.png"
 CKPT_DIR, STATE_DIR = "ckpt", "state"

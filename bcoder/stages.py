@@ -27,7 +27,6 @@ from bcoder.files import write_atomic
 from bcoder.models import Checkpoint, check_checkpoint, new_checkpoint, q_loss
 from bcoder.models.causal import causal_lm_loss
 from bcoder.protocols import OUTCOMES, PROTOCOLS, outcome_returns, protocol_report
-from bcoder.reference import capped_value
 from bcoder.replay import ReplayStore
 from bcoder.report import after_stage
 from bcoder.run import (
@@ -128,9 +127,10 @@ def train_steps(run, stage, model, parameters, steps, lr, decay, step_fn, curve=
 
 
 def _clip_grad_norm(optimizer, max_norm):
-    """Clips the (already averaged) gradients of every parameter the optimiser holds; their norm."""
+    """Clips the (already averaged) gradients of every parameter the optimiser holds to max_norm (0: no clip);
+    their norm before."""
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm or math.inf)
     if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the shards
         norm = norm.full_tensor()
     return norm.item()
@@ -268,10 +268,14 @@ def q_model_for(run, checkpoint, stage):
 
 
 def stage_value(run, stage):
-    """The phi-stage (L_V, only phi trains) or the theta-stage (L_ft), on replay batches."""
+    """The phi-stage (L_V, only phi trains), the theta-stage (L_ft) or its CE-only control ("control": the
+    theta-stage's start, steps and batches, with L_Q and L_adv cut from theta's logits, so that only L_ce moves
+    the policy and L_Q trains the value head alone), on replay batches; writes RUN/<stage>."""
     config = run.config
     checkpoint = Checkpoint(ckpt_dir(run.dir, config), config.model.architecture)
     tokenizer = checkpoint.tokenizer()
+    control, stage = stage == "control", "theta" if stage == "control" else stage
+    saved_as = "control" if control else stage
     model = q_model_for(run, checkpoint, stage).to(dist.device())
     model.checkpoint_activations(config.train.gradient_checkpointing)
     causal = model.causal
@@ -285,7 +289,8 @@ def stage_value(run, stage):
     mine = dist.batch_slice(batch_size)  # this rank's rows of every global batch
     device = dist.device()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.dtype == "bfloat16")
-    beta_adv, beta_ce = (0.0, 0.0) if stage == "phi" else (config.loss.beta_adv, config.loss.beta_ce)
+    loss = config.loss
+    beta_adv, beta_ce = (0.0, 0.0) if stage == "phi" else (loss.beta_adv, loss.beta_ce)
 
     def step_fn(step, net):
         rows = store.by_ids(batches.ids_of(step)[mine])  # batches[step][mine], reading only this rank's rows
@@ -296,42 +301,49 @@ def stage_value(run, stage):
         rewards = torch.tensor([r.reward for r in rows])
         prompt_ids, prompt_mask, programs, mask, is_gt, rewards = to_device(
             prompt_ids, prompt_mask, programs, mask, is_gt, rewards)
-        # td is a mean over tokens, adv over ground-truth programs, ce over ground-truth tokens: weighted
-        # by this rank's share of the global counts, the ranks' mean loss is the global batch's.
+        # Each term is a mean over this rank's programs (td_scale program) or tokens (token), ground-truth
+        # programs (adv; ce_scale sum) or ground-truth tokens (ce_scale mean): weighted by this rank's share of
+        # the global counts, the ranks' mean loss is the global batch's.
         gt_tokens = mask & is_gt.unsqueeze(1)
-        counts = [int(mask.sum()), int(is_gt.sum()), int(gt_tokens.sum())]
+        counts = [len(rows) if loss.td_scale == "program" else int(mask.sum()), int(is_gt.sum()),
+                  int(is_gt.sum()) if loss.ce_scale == "sum" else int(gt_tokens.sum())]
         w_td, w_adv, w_ce = global_weights(*counts)
         loss_args = {"actions": programs, "mask": mask, "rewards": rewards, "is_ground_truth": is_gt,
-                     "gamma": config.loss.gamma, "alpha": config.loss.alpha, "beta_adv": beta_adv * w_adv / w_td,
-                     "beta_ce": beta_ce * w_ce / w_td, "operator": config.loss.operator, "backend": config.loss.backend}
+                     "gamma": loss.gamma, "alpha": loss.alpha, "beta_adv": beta_adv * w_adv / w_td,
+                     "beta_ce": beta_ce * w_ce / w_td, "operator": loss.operator, "backend": loss.backend,
+                     "td_scale": loss.td_scale, "ce_scale": loss.ce_scale}
+        if control:
+            loss_args["logit_terms"] = "ce"
         with autocast:
-            values, parts = q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path=config.loss.path,
-                                   **loss_args)
+            value, parts = q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path=loss.path,
+                                  value_residual=loss.value_residual, **loss_args)
         sums = [parts.td_loss.item() * counts[0], parts.adv_loss.item() * counts[1],
                 parts.ce_loss.item() * counts[2], *counts]
         with torch.no_grad():
-            value, q = capped_value(values.float()), parts.q
+            q = parts.q
             for rows_of in (is_gt, ~is_gt):
                 tokens = mask & rows_of.unsqueeze(1)
                 sums += [value[tokens].sum().item(), q[tokens].sum().item(), int(tokens.sum())]
         sums = dist.all_sum(sums)  # the global batch's metrics
         td, adv, ce = (total / max(count, 1) for total, count in zip(sums[:3], sums[3:6]))
         metrics = {"td_loss": td, "td_rmse": math.sqrt(td), "adv_loss": adv, "ce_loss": ce,
-                   "tokens": counts[0], "programs_cut": programs_cut, "batch": f"replay rows {[r.id for r in rows]}"}
+                   "tokens": int(mask.sum()), "programs_cut": programs_cut,
+                   "batch": f"replay rows {[r.id for r in rows]}"}
         for name, (v, q_sum, count) in (("gt", sums[6:9]), ("generated", sums[9:12])):
             if count:
                 metrics[f"mean_v_{name}"], metrics[f"mean_q_{name}"] = v / count, q_sum / count
         return parts.loss * w_td, metrics
 
     steps, lr = (config.phi.steps, config.phi.lr) if stage == "phi" else (config.theta.steps, config.theta.lr)
-    with (dist.sandbox(config.sandbox.timeout, config.sandbox.workers) if config.train.curve_every and dist.is_main()
+    measure_curve = config.train.curve_every and not control   # Figure 1's curves are theta's and phi's
+    with (dist.sandbox(config.sandbox.timeout, config.sandbox.workers) if measure_curve and dist.is_main()
           else contextlib.nullcontext()) as sandbox:
         curve = pass_curve(config, stage, train, prompts, tokenizer, sandbox,
-                           build=lambda: q_model_for(run, checkpoint, stage))
-        model = train_steps(run, stage, model, parameters=lambda m: m.trainable_parameters(), steps=steps, lr=lr,
+                           build=lambda: q_model_for(run, checkpoint, stage)) if measure_curve else None
+        model = train_steps(run, saved_as, model, parameters=lambda m: m.trainable_parameters(), steps=steps, lr=lr,
                             decay=stage == "theta", step_fn=step_fn, curve=curve)
     store.close()
-    dist.save_pretrained_on_main(model, run.path(stage), lambda: q_model_for(run, checkpoint, stage))
+    dist.save_pretrained_on_main(model, run.path(saved_as), lambda: q_model_for(run, checkpoint, stage))
 
 
 def pass_curve(config, stage, train, prompts, tokenizer, sandbox, build):
@@ -377,14 +389,21 @@ def _record_outcomes(sandbox, records, problems, field, tests_of):
         r[field] = results[(r["task_id"], r["program"])].outcome
 
 
-def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, problems=None, out=None,
-                 policies=("ckpt", "theta"), answers="strict"):
+RANKERS = {"phi": "return_phi", "logprob": "logprob"}   # the free baselines beside theta's R~: record fields
+
+
+def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, problems=None, out=None, answers="strict"):
     """The eval of a trained run: samples (a pool of config.eval.samples per held-out problem and policy at
     config.eval.temperature, plus greedy; a second pool for filtered/oracle if config.eval.filter_samples), or
     the given `samples` (dicts with task_id, program and optionally policy); runs them against all of their
     problem's tests, answers compared under the policy `answers` (and the example tests alone, for filtered),
-    scores them by R~ under theta, and writes eval.json and eval_samples.jsonl (to the run directory, or `out`
-    and `<out stem>_samples.jsonl`). Returns the report."""
+    scores them by R~ under theta and by the free baselines (RANKERS: R~ under phi, theta_ckpt's mean token
+    log-probability), and writes eval.json and eval_samples.jsonl (to the run directory, or `out` and
+    `<out stem>_samples.jsonl`). Returns the report.
+
+    The policies sampled: theta_ckpt ("ckpt"), theta, and theta's CE-only control ("control") where the run
+    has one. Every policy samples chunk c with the same seed (common random numbers), so the differences
+    between policies are measured on matched draws."""
     run_dir = Path(run_dir)
     config = config or read_run_config(run_dir)
     protocols = [p for p in PROTOCOLS if p in protocols]
@@ -402,19 +421,24 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
                 "max_new_tokens": config.sample.max_new_tokens, "answers": answers}
     records, greedy, capped = [], {}, {}
     if samples is None:
+        policies = ["ckpt", "theta"] + (["control"] if (run_dir / "control").is_dir() else [])
+        models = {policy: scorer.model for policy in ("ckpt", "theta")}
+        if "control" in policies:
+            checkpoint = Checkpoint(ckpt_dir(run_dir, config), config.model.architecture)
+            models["control"] = checkpoint.load_q_model(run_dir / "control").to(dist.device())
         pools = [("main", config.eval.samples, config.eval.temperature)]
         if config.eval.filter_samples > 0 and {"filtered", "oracle"} & set(protocols):
             pools.append(("filter", config.eval.filter_samples, config.eval.filter_temperature))
             settings["filter"] = {"n": config.eval.filter_samples, "m": config.eval.filter_samples,
                                   "temperature": config.eval.filter_temperature}
         for index, policy in enumerate(policies):
-            policy_model = scorer.model.policy_model(policy)
+            policy_model = models[policy].policy_model("ckpt" if policy == "ckpt" else "theta")
             greedy[policy], capped[policy] = [], [0, 0]     # programs that stopped at max_new_tokens, of all
             # Chunks of EVAL_CHUNK problems, each with its own seed: the same programs however many
             # processes share them (rank r takes chunks r, r + N, ...; bcoder.distributed).
             for start in tqdm(dist.shard(range(0, len(problems), EVAL_CHUNK)), desc=f"eval {policy}", unit="chunk",
                               file=sys.stderr, disable=not dist.is_main()):
-                torch.manual_seed(hash((config.train.seed, index, start)) % 2**31)
+                torch.manual_seed(hash((config.train.seed, start)) % 2**31)
                 chunk = problems[start:start + EVAL_CHUNK]
                 programs, stopped = generate(policy_model, scorer.tokenizer, prompts[start:start + EVAL_CHUNK],
                                              samples=1, temperature=0, **decoding(config))
@@ -460,7 +484,8 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
     prompt_of = dict(zip(by_id, prompts))
     scores = dict(zip(keys, scorer.score([prompt_of[t] for t, _ in keys], [p for _, p in keys])))
     for r in records:
-        r["return"] = scores[(r["task_id"], r["program"])].ret
+        score = scores[(r["task_id"], r["program"])]
+        r["return"], r["return_phi"], r["logprob"] = score.ret, score.ret_phi, score.logprob
         r["passed"] = r["outcome"] == "passed"
         if "example_outcome" in r:        # a problem without example tests filters nothing out
             r["example_passed"] = r["example_outcome"] in ("passed", "no_tests")
@@ -483,6 +508,10 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
     for policy in policies:
         mine = [r for r in records if r["policy"] == policy]
         report[policy] = protocol_report(mine, problems, protocols, config.eval.ks, m)
+        ranked = [p for p in protocols if p in ("ranked", "filtered")]
+        report[policy]["ranked_by"] = {
+            name: protocol_report([{**r, "return": r[field]} for r in mine], problems, ranked, config.eval.ks, m)
+            for name, field in RANKERS.items() if ranked and all(r[field] is not None for r in mine)}
         if policy in greedy_outcomes:
             outcomes = greedy_outcomes[policy]
             report[policy]["greedy"] = {"pass@1": sum(o == "passed" for o in outcomes) / len(outcomes)}
@@ -494,8 +523,8 @@ def evaluate_run(run_dir, config=None, protocols=PROTOCOLS, samples=None, proble
     eval_path = Path(out) if out else run_dir / EVAL_FILE
     samples_path = eval_path.with_name(eval_path.stem + "_samples.jsonl")
     write_atomic(samples_path, "".join(
-        json.dumps({k: r[k] for k in ("policy", "pool", "task_id", "difficulty", "program", "return", "outcome",
-                                      "example_outcome") if k in r}) + "\n" for r in records))
+        json.dumps({k: r[k] for k in ("policy", "pool", "task_id", "difficulty", "program", "return", "return_phi",
+                                      "logprob", "outcome", "example_outcome") if k in r}) + "\n" for r in records))
     write_atomic(eval_path, json.dumps(report, indent=2) + "\n")
     return dist.broadcast(report)
 
@@ -510,7 +539,8 @@ def stage_eval(run):
 # ----- running the stages in order -----
 
 STAGE_FUNCTIONS = {"sft": stage_sft, "sample": stage_sample, "phi": lambda run: stage_value(run, "phi"),
-                   "theta": lambda run: stage_value(run, "theta"), "eval": stage_eval}
+                   "theta": lambda run: stage_value(run, "theta"), "control": lambda run: stage_value(run, "control"),
+                   "eval": stage_eval}
 
 
 def stages_to_run(config, only):
@@ -521,6 +551,8 @@ def stages_to_run(config, only):
         skipped.add("sample")
     if not config.model.init_value_from_phi:
         skipped.add("phi")
+    if not config.theta.controls:
+        skipped.add("control")
     return [s for s in STAGES if s not in skipped]
 
 
@@ -548,11 +580,14 @@ def check_stage_inputs(config, out, stages, overwrite):
     out = Path(out)
     kept = (lambda name: False) if overwrite else (lambda name: (out / name).exists())
     provided = {"ckpt": bool(config.model.checkpoint) or kept(CKPT_DIR),
-                "replay": bool(config.sample.replay) or kept(REPLAY_FILE), "phi": kept("phi"), "theta": kept("theta")}
-    makers = {"ckpt": "sft", "replay": "sample", "phi": "phi", "theta": "theta"}
+                "replay": bool(config.sample.replay) or kept(REPLAY_FILE), "phi": kept("phi"), "theta": kept("theta"),
+                "control": kept("control")}
+    makers = {"ckpt": "sft", "replay": "sample", "phi": "phi", "theta": "theta", "control": "control"}
+    from_phi = ["phi"] if config.model.init_value_from_phi else []
     for stage in stages:
-        needs = {"sample": ["ckpt"], "phi": ["ckpt", "replay"], "eval": ["ckpt", "theta"],
-                 "theta": ["ckpt", "replay"] + (["phi"] if config.model.init_value_from_phi else [])}.get(stage, [])
+        needs = {"sample": ["ckpt"], "phi": ["ckpt", "replay"], "theta": ["ckpt", "replay"] + from_phi,
+                 "control": ["ckpt", "replay"] + from_phi,
+                 "eval": ["ckpt", "theta"] + (["control"] if config.theta.controls else [])}.get(stage, [])
         for name in needs:
             if not provided[name]:
                 where = {"ckpt": f"{out / CKPT_DIR} or --model", "replay": f"{out / REPLAY_FILE} or --replay"}

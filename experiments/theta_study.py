@@ -1,14 +1,21 @@
-"""The theta-stage over seeds: settings of the tiny preset, each trained from one shared theta_ckpt and
-replay store (phi + theta + eval per seed), summarised as mean ± std over the seeds.
+"""The theta-stage over seeds, against its controls: settings of the tiny preset, each trained from one
+shared theta_ckpt and replay store (phi + theta + the CE-only control + eval per seed), summarised as mean ±
+std over the seeds, with the paired differences that decide whether the method adds anything.
 
     python -m bcoder.train --preset tiny --out runs/base            # once: sft and sample (the rest unused)
     python experiments/theta_study.py --base runs/base --out runs/study --seeds 0,1,2 \
-        --setting "paper=" --setting "ce2=--beta-ce 2.0" ...
+        --setting "paper=" --setting "ce1000=--beta-ce 1000" ...
 
-Each setting is NAME=FLAGS (flags of bcoder.train on top of --preset tiny). A run that exists is
-read, not retrained. Per seed it reads eval.json and eval_samples.jsonl: greedy and unranked /
-ranked pass@1 of theta_ckpt and theta, the compile errors among each policy's samples, and mean R~
-per outcome over all scored samples. The table (markdown) goes to stdout and --table.
+Each setting is NAME=FLAGS (flags of bcoder.train on top of --preset tiny). A run that exists is read, not
+retrained. Per seed it reads eval.json and eval_samples.jsonl, where every policy sampled with the same random
+numbers:
+  - unranked pass@1 of theta_ckpt, theta and the CE-only control (theta's steps with L_Q and L_adv cut from
+    the logits), and theta - control per seed;
+  - ranked pass@1 of theta_ckpt's pool by theta's R~ and by the free baselines, phi's R~ (no theta-stage) and
+    theta_ckpt's mean token log-probability, and theta's R~ minus the better baseline per seed;
+  - whether mean R~ orders passed > failed > runtime_error > compile_error.
+A difference counts only where its mean exceeds its spread over seeds (the noise floor, measured here).
+The table (markdown) goes to stdout and --table.
 """
 import argparse
 import json
@@ -17,9 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-COLUMNS = [("ckpt greedy", ("ckpt", "greedy")), ("ckpt unranked", ("ckpt", "unranked")),
-           ("ckpt ranked", ("ckpt", "ranked")), ("θ greedy", ("theta", "greedy")),
-           ("θ unranked", ("theta", "unranked")), ("θ ranked", ("theta", "ranked"))]
 OUTCOMES = ("passed", "failed", "runtime_error", "compile_error")
 
 
@@ -34,12 +38,22 @@ def train(base, out, seed, flags):
 
 def measures(run):
     report = json.loads((run / "eval.json").read_text())
+    pass1 = lambda table: 100 * table["pass@1"]
+    row = {"ckpt unranked": pass1(report["ckpt"]["unranked"]), "θ unranked": pass1(report["theta"]["unranked"]),
+           "control unranked": pass1(report["control"]["unranked"]) if "control" in report else None}
+    row["θ − control"] = None if row["control unranked"] is None else row["θ unranked"] - row["control unranked"]
+    ranked = {"θ R~": report["ckpt"]["ranked"], **{name: table["ranked"] for name, table
+                                                    in report["ckpt"].get("ranked_by", {}).items()}}
+    row.update({f"ckpt pool by {name}": pass1(table) for name, table in ranked.items()})
+    baselines = [row[f"ckpt pool by {name}"] for name in ("phi", "logprob") if f"ckpt pool by {name}" in row]
+    row["θ R~ − best baseline"] = row["ckpt pool by θ R~"] - max(baselines) if baselines else None
+    row["θ pool by θ R~"] = pass1(report["theta"]["ranked"])
+    means = [report["mean_return_by_outcome"][o] for o in OUTCOMES]
+    row["R~ ordered"] = float(None not in means and all(a > b for a, b in zip(means, means[1:])))
     samples = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
-    row = {name: 100 * report[policy][protocol]["pass@1"] for name, (policy, protocol) in COLUMNS}
-    for policy in ("ckpt", "theta"):
+    for policy in ("ckpt", "theta", "control"):
         row[f"{policy} compile errors"] = sum(s["outcome"] == "compile_error" for s in samples
                                               if s["policy"] == policy and s["pool"] == "main")
-    row.update({f"R~ {o}": report["mean_return_by_outcome"][o] for o in OUTCOMES})
     return row
 
 
@@ -73,14 +87,13 @@ def main(argv=None):
             print(f"{name} seed {seed}: {json.dumps(per_seed[-1])}", file=sys.stderr)
         rows[name] = (flags, per_seed)
     keys = list(next(iter(rows.values()))[1][0])
-    lines = ["| setting | flags | " + " | ".join(keys) + " | θ unranked ≥ ckpt | θ ranked > ckpt ranked |",
+    lines = ["| setting | flags | " + " | ".join(keys) + " | θ > control (seeds) | θ R~ > baselines (seeds) |",
              "|" + "---|" * (len(keys) + 4)]
     for name, (flags, per_seed) in rows.items():
-        better = sum(r["θ unranked"] >= r["ckpt unranked"] for r in per_seed)
-        ranked = sum(r["θ ranked"] > r["ckpt ranked"] for r in per_seed)
+        wins = lambda key: sum((r[key] or 0) > 0 for r in per_seed)
         cells = [mean_std([r[k] for r in per_seed]) for k in keys]
         lines.append(f"| {name} | `{flags or '(tiny)'}` | " + " | ".join(cells) +
-                     f" | {better}/{len(per_seed)} | {ranked}/{len(per_seed)} |")
+                     f" | {wins('θ − control')}/{len(per_seed)} | {wins('θ R~ − best baseline')}/{len(per_seed)} |")
     table = "\n".join(lines)
     print(table)
     if args.table:

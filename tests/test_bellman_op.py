@@ -537,13 +537,15 @@ def float64_copy(inputs):
 
 
 def outputs_and_grads(fn, inputs, values_at):
-    """fn(*inputs) -> ([outputs..., d logits, d values], logits): the gradients are of its first
-    output summed (a loss or token rewards) w.r.t. inputs[0] and inputs[values_at]. The logits
-    are a fresh copy: the in-place backward overwrites them."""
+    """fn(*inputs) -> ([outputs..., d logits, d values...], logits): the gradients are of its first
+    output summed (a loss or token rewards) w.r.t. inputs[0] and inputs[i] for i in values_at (an
+    int or a tuple: the values and a value_residual). The logits are a fresh copy: the in-place
+    backward overwrites them."""
     logits = inputs[0].detach().clone().requires_grad_()
     outputs = fn(logits, *inputs[1:])
     outputs = tuple(outputs) if isinstance(outputs, tuple) else (outputs,)
-    grads = torch.autograd.grad(outputs[0].sum(), (logits, inputs[values_at]))
+    values_at = (values_at,) if isinstance(values_at, int) else values_at
+    grads = torch.autograd.grad(outputs[0].sum(), (logits, *(inputs[i] for i in values_at)))
     return [*(out.detach() for out in outputs), *grads], logits
 
 
@@ -559,35 +561,54 @@ def assert_backend_matches_float64(fn, inputs, values_at, dtype, backend):
         assert_error_within_reference(actual, reference_value, oracle_value, dtype)
 
 
+# The loss options: the defaults (the paper's scales, no residual), the old token means and the
+# paper's scales stated explicitly, both with a value_residual (whose gradient is compared too).
+LOSS_OPTIONS = {"defaults": {}, "token-mean+residual": {"td_scale": "token", "ce_scale": "mean", "residual": True},
+                "program-sum+residual": {"td_scale": "program", "ce_scale": "sum", "residual": True}}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("operator", reference.OPERATORS)
 @pytest.mark.parametrize("inplace_backward", [False, True])
-def test_bellman_loss_matches_reference(backend, dtype, operator, inplace_backward, generator):
+@pytest.mark.parametrize("options", list(LOSS_OPTIONS))
+def test_bellman_loss_matches_reference(backend, dtype, operator, inplace_backward, options, generator):
     # bcoder.bellman_loss(backend=...) end to end: the ops, their autograd (bcoder/ops.py) and the
     # loss tail. Rows longer than a block; some programs ground truth (dense rows), some not (two
-    # non-zeros per row), ragged lengths (padding rows), and a large logit offset.
+    # non-zeros per row), ragged lengths (padding rows, and the scales differ), a large logit offset.
     inputs = make_batch(3, 4, backend.block(torch.float32) + 5, dtype, ground_truth=[True, False, True],
                         lengths=[4, 2, 3], generator=generator)
+    scales = dict(LOSS_OPTIONS[options])
+    if scales.pop("residual", False):
+        inputs = (*inputs, torch.randn(3, 4, generator=generator, dtype=torch.float64).to(dtype).requires_grad_())
     inputs = on_device(inputs, backend.device)
     with torch.no_grad():
         inputs[0][0, 1] += 1e4  # exact through shifted_lse
+    grad_at = (2, 7) if len(inputs) == 8 else 2  # values (and value_residual)
 
     def loss(*args, backend):
-        return bcoder.bellman_loss(**loss_kwargs(args), operator=operator, backend=backend,
-                                   inplace_backward=inplace_backward)
+        return bcoder.bellman_loss(**loss_kwargs(args[:7]), value_residual=args[7] if len(args) == 8 else None,
+                                   operator=operator, backend=backend, inplace_backward=inplace_backward, **scales)
 
-    assert_backend_matches_float64(loss, inputs, 2, dtype, backend)
-    outputs, logits = outputs_and_grads(lambda *x: loss(*x, backend=backend.name), inputs, 2)
-    # In place, the logits' gradient is written over the logits' own memory.
-    assert (outputs[-2].data_ptr() == logits.data_ptr()) == inplace_backward
+    assert_backend_matches_float64(loss, inputs, grad_at, dtype, backend)
+    outputs, logits = outputs_and_grads(lambda *x: loss(*x, backend=backend.name), inputs, grad_at)
+    # In place, the logits' gradient (after the 5 outputs) is written over the logits' own memory.
+    assert (outputs[5].data_ptr() == logits.data_ptr()) == inplace_backward
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_token_rewards_match_reference(backend, dtype, generator):
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_token_rewards_match_reference(backend, dtype, with_residual, generator):
     logits, _, values, actions, mask, _, _ = make_batch(3, 5, 300, dtype, lengths=[5, 1, 3], generator=generator)
-    inputs = on_device((logits, values, actions, mask), backend.device)
-    assert_backend_matches_float64(bcoder.token_rewards, inputs, 1, dtype, backend)
-    rewards = bcoder.token_rewards(*inputs, backend=backend.name)
+    inputs = (logits, values, actions, mask)
+    if with_residual:
+        inputs += (torch.randn(3, 5, generator=generator, dtype=torch.float64).to(dtype).requires_grad_(),)
+    inputs = on_device(inputs, backend.device)
+
+    def token_rewards(*args, backend):
+        return bcoder.token_rewards(*args[:4], backend=backend, value_residual=args[4] if len(args) == 5 else None)
+
+    assert_backend_matches_float64(token_rewards, inputs, (1, 4) if with_residual else 1, dtype, backend)
+    rewards = token_rewards(*inputs, backend=backend.name)
     assert (rewards[~inputs[3]] == 0).all()
 
 

@@ -74,7 +74,8 @@ def perturb(model, *names):
 
 def loss_of(out, programs, rewards, is_ground_truth, stage):
     return bellman_loss(out.logits, out.ckpt_logits if stage == "theta" else None, out.values, programs,
-                        program_mask(programs, EOS), rewards, is_ground_truth, backend="reference").loss
+                        program_mask(programs, EOS), rewards, is_ground_truth, backend="reference",
+                        value_residual=out.value_residual).loss
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -117,7 +118,7 @@ def test_theta_starts_as_ckpt_and_phi(architecture, adapter, share_prompt):
         u_phi = model(*inputs).values
         theta = model.set_stage("theta")(*inputs)
     assert torch.equal(theta.logits, theta.ckpt_logits)
-    assert torch.equal(theta.values, u_phi)
+    assert torch.equal(theta.values, u_phi) and not theta.value_residual.any()   # h1 - h2 = 0 exactly
 
 
 @pytest.mark.parametrize("adapter", ["lora", "none"])
@@ -187,7 +188,8 @@ def test_fused_head_loss_from_hidden_matches_logits(architecture, adapter, stage
     theta = stage == "theta"
     bellman_loss_from_hidden(lean.hidden, model.lm_head_weight, lean.ckpt_hidden if theta else None,
                              model.ckpt_lm_head_weight if theta else None, lean.values, programs,
-                             program_mask(programs, EOS), rewards, is_gt, backend="reference").loss.backward()
+                             program_mask(programs, EOS), rewards, is_gt, backend="reference",
+                             value_residual=lean.value_residual).loss.backward()
     for want, p in zip(expected, model.trainable_parameters()):
         torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-6)
 

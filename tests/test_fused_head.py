@@ -13,8 +13,9 @@ CHECKPOINTS = ["none", "shared_weight", "own_weight"]  # ckpt_hidden None; given
 HIDDEN, VOCAB = 16, 97  # distinct, and no [B, T] dim equals VOCAB: the shape spy below relies on it
 
 
-def make_hidden_batch(batch, steps, dtype, generator, checkpoint="none", ground_truth=None, lengths=None):
-    """Keyword inputs of bellman_loss_from_hidden.
+def make_hidden_batch(batch, steps, dtype, generator, checkpoint="none", ground_truth=None, lengths=None,
+                      residual=False):
+    """Keyword inputs of bellman_loss_from_hidden (with a value_residual requiring grad if residual).
 
     float32: Gaussian hidden states and weights. Lower precision: a grid (hidden in {-2..2},
     weights in {-1, -1/2, 0, 1/2, 1}, H = 16) whose logits, multiples of 1/2 in [-32, 32], are
@@ -35,13 +36,22 @@ def make_hidden_batch(batch, steps, dtype, generator, checkpoint="none", ground_
     weight = draw(VOCAB, HIDDEN, weight=True).to(dtype).requires_grad_()
     ckpt_hidden = None if checkpoint == "none" else draw(batch, steps, HIDDEN, weight=False).to(dtype)
     ckpt_weight = draw(VOCAB, HIDDEN, weight=True).to(dtype) if checkpoint == "own_weight" else None
+    value_residual = None
+    if residual:
+        value_residual = torch.randn(batch, steps, generator=generator, dtype=torch.float64).to(dtype).requires_grad_()
     return dict(hidden=hidden, lm_head_weight=weight, ckpt_hidden=ckpt_hidden, ckpt_lm_head_weight=ckpt_weight,
-                values=values, actions=actions, mask=mask, rewards=rewards, is_ground_truth=is_ground_truth)
+                values=values, actions=actions, mask=mask, rewards=rewards, is_ground_truth=is_ground_truth,
+                value_residual=value_residual)
+
+
+def trained(inputs):
+    """The names of the inputs that get a gradient: hidden, lm_head_weight, values (and value_residual)."""
+    return ("hidden", "lm_head_weight", "values") + (() if inputs["value_residual"] is None else ("value_residual",))
 
 
 def fused_loss_and_grads(inputs, upstream=1.0, **kwargs):
     out = bcoder.bellman_loss_from_hidden(**inputs, **kwargs)
-    grads = torch.autograd.grad(out.loss * upstream, (inputs["hidden"], inputs["lm_head_weight"], inputs["values"]))
+    grads = torch.autograd.grad(out.loss * upstream, tuple(inputs[k] for k in trained(inputs)))
     return out, grads
 
 
@@ -50,6 +60,7 @@ def explicit_loss_and_grads(inputs, upstream=1.0, double=False, **kwargs):
     kwargs: its hyper-parameters."""
     cast = (lambda x: x.detach().double().requires_grad_(x.requires_grad)) if double else (lambda x: x)
     hidden, weight, values = (cast(inputs[k]) for k in ("hidden", "lm_head_weight", "values"))
+    residual = None if inputs["value_residual"] is None else cast(inputs["value_residual"])
     ckpt_logits = None
     if inputs["ckpt_hidden"] is not None:
         ckpt_weight = inputs["ckpt_lm_head_weight"]
@@ -58,8 +69,9 @@ def explicit_loss_and_grads(inputs, upstream=1.0, double=False, **kwargs):
     out = bcoder.bellman_loss(logits=hidden @ weight.T, ckpt_logits=ckpt_logits, values=values,
                               actions=inputs["actions"], mask=inputs["mask"], rewards=inputs["rewards"],
                               is_ground_truth=inputs["is_ground_truth"], backend="reference" if double else "auto",
-                              **kwargs)
-    return out, torch.autograd.grad(out.loss * upstream, (hidden, weight, values))
+                              value_residual=residual, **kwargs)
+    return out, torch.autograd.grad(out.loss * upstream, (hidden, weight, values) + (() if residual is None else
+                                                                                     (residual,)))
 
 
 def assert_parity(inputs, upstream=1.0, backend="auto", chunk_rows=None, slack=1.0, **kwargs):
@@ -70,10 +82,10 @@ def assert_parity(inputs, upstream=1.0, backend="auto", chunk_rows=None, slack=1
     fused, fused_grads = fused_loss_and_grads(inputs, upstream, backend=backend, chunk_rows=chunk_rows, **kwargs)
     explicit, explicit_grads = explicit_loss_and_grads(inputs, upstream, **kwargs)
     oracle, oracle_grads = explicit_loss_and_grads(inputs, upstream, double=True, **kwargs)
-    names = fused._fields + ("d_hidden", "d_lm_head_weight", "d_values")
+    names = fused._fields + tuple(f"d_{name}" for name in trained(inputs))
     tol = (1e-5 if dtype == torch.float32 else 2**-8) * slack
     for name, got, same_dtype, want in zip(names, (*fused, *fused_grads), (*explicit, *explicit_grads),
-                                           (*oracle, *oracle_grads)):
+                                           (*oracle, *oracle_grads), strict=True):
         assert got.dtype == same_dtype.dtype and got.shape == same_dtype.shape, name
         scale = 1 + want.abs().max().item()
         # The two paths round at different points (chunked fp32 sums, one cast; Triton's interpreter
@@ -94,6 +106,22 @@ def test_matches_bellman_loss(dtype, operator, checkpoint, generator):
     inputs = make_hidden_batch(5, 9, dtype, generator, checkpoint)
     inputs["is_ground_truth"][:2] = torch.tensor([True, False])  # both kinds of rows in every case
     assert_parity(inputs, upstream=2.5, operator=operator, chunk_rows=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("td_scale,ce_scale", [("program", "sum"), ("token", "mean"), ("program", "mean"),
+                                               ("token", "sum")])
+def test_scales_and_value_residual(dtype, td_scale, ce_scale, generator):
+    """The options reach the loss tail alike on both paths (programs of different lengths, so that the
+    scales matter; the residual's gradient compared too), and the defaults are the paper's."""
+    inputs = make_hidden_batch(5, 9, dtype, generator, "own_weight", ground_truth=[True, False, True, True, False],
+                               lengths=[9, 1, 4, 6, 2], residual=True)
+    assert_parity(inputs, td_scale=td_scale, ce_scale=ce_scale, chunk_rows=4)
+    if (td_scale, ce_scale) == ("program", "sum"):
+        default, paper = (bcoder.bellman_loss_from_hidden(**inputs, **kwargs)
+                          for kwargs in ({}, {"td_scale": "program", "ce_scale": "sum"}))
+        for name, a, b in zip(default._fields, default, paper):
+            assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 64, None])
@@ -123,8 +151,9 @@ def test_without_ground_truth(dtype, operator, generator):
 @pytest.mark.parametrize("operator", OPERATORS)
 def test_backends(backend, dtype, operator, generator):
     """The chunks reduced by each backend's ops (on its device; Triton on CPU tensors under its
-    interpreter without a GPU)."""
-    inputs = make_hidden_batch(3, 5, dtype, generator, "own_weight")
+    interpreter without a GPU), with a value_residual and programs of different lengths (the default
+    scales, the paper's, then differ from the token means)."""
+    inputs = make_hidden_batch(3, 5, dtype, generator, "own_weight", lengths=[5, 2, 4], residual=True)
     inputs["is_ground_truth"][:2] = torch.tensor([True, False])
     inputs = {name: None if x is None else x.detach().to(backend.device).requires_grad_(x.requires_grad)
               for name, x in inputs.items()}
@@ -210,6 +239,7 @@ def test_rejects_bad_inputs(generator):
         "actions": (inputs["actions"].clamp(max=VOCAB - 1) + VOCAB, "actions must lie in"),
         "rewards": (inputs["rewards"][:1], "rewards must have shape"),
     }
+    bad["value_residual"] = (inputs["values"][:, :1], "value_residual must have shape")
     for name, (value, message) in bad.items():
         with pytest.raises(ValueError, match=message):
             bcoder.bellman_loss_from_hidden(**{**inputs, name: value})
@@ -217,6 +247,8 @@ def test_rejects_bad_inputs(generator):
         bcoder.bellman_loss_from_hidden(**{**inputs, "ckpt_lm_head_weight": inputs["ckpt_lm_head_weight"].double()})
     for kwargs, message in (({"chunk_rows": 0}, "chunk_rows"), ({"chunk_rows": 2.0}, "chunk_rows"),
                             ({"operator": "greedy"}, "operator"), ({"backend": "tpu"}, "backend"),
+                            ({"td_scale": "tokens"}, "td_scale must be one of"),
+                            ({"ce_scale": "total"}, "ce_scale must be one of"),
                             ({"backend": "cuda"}, "backend='cuda'")):
         with pytest.raises(ValueError, match=message):
             bcoder.bellman_loss_from_hidden(**inputs, **kwargs)

@@ -42,7 +42,7 @@ def loss_of(out, programs, rewards, is_ground_truth, stage):
     mask = program_mask(programs, EOS)
     ckpt_logits = out.ckpt_logits if stage == "theta" else None
     return bellman_loss(out.logits, ckpt_logits, out.values, programs, mask, rewards, is_ground_truth,
-                        backend="reference").loss
+                        backend="reference", value_residual=out.value_residual).loss
 
 
 def named(model, params):
@@ -66,7 +66,8 @@ def test_theta_starts_as_ckpt_and_phi():
         phi_out = model(*inputs)
         theta_out = model.set_stage("theta")(*inputs)
     assert torch.equal(theta_out.logits, theta_out.ckpt_logits)
-    assert torch.equal(theta_out.values, phi_out.values)
+    assert torch.equal(theta_out.values, phi_out.values) and phi_out.value_residual is None
+    assert not theta_out.value_residual.any()     # h1 - h2 = 0 exactly: V_theta = V_phi either way
     assert torch.equal(phi_out.logits, phi_out.ckpt_logits)
     with_grad = model(*inputs)
     assert torch.allclose(with_grad.logits, with_grad.ckpt_logits, rtol=0, atol=1e-5)
@@ -153,7 +154,8 @@ def test_fused_head_loss_from_hidden_matches_logits(stage):
     lean = model(prompt_ids, prompt_mask, programs, return_logits=False, return_hidden=True)
     bellman_loss_from_hidden(lean.hidden, model.lm_head_weight, lean.ckpt_hidden if stage == "theta" else None,
                              model.ckpt_lm_head_weight if stage == "theta" else None, lean.values, programs,
-                             program_mask(programs, EOS), rewards, is_ground_truth, backend="reference").loss.backward()
+                             program_mask(programs, EOS), rewards, is_ground_truth, backend="reference",
+                             value_residual=lean.value_residual).loss.backward()
     for want, p in zip(expected, model.trainable_parameters()):
         assert torch.allclose(p.grad, want, rtol=1e-4, atol=1e-6)
 

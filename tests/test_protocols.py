@@ -113,29 +113,48 @@ def test_table_skips_a_k_larger_than_the_samples_and_groups_by_difficulty():
     assert report["by_difficulty"]["introductory"]["oracle"]["pass@1"] == 0.0
 
 
+def test_m_holds_the_ks_it_can_and_the_oracle_ranks_the_main_pool():
+    """Table 1: pass@1 ranked from m = 2 of the pool, pass@3 (k > m) from the whole pool; the oracle reads the
+    main pool even where a filter pool exists (Table 9 filters Table 1's candidates)."""
+    group = candidates([3.0, 2.0, 1.0, 0.0], [False, True, False, False])
+    table = protocol_table([group], ("ranked",), ks=(1, 3), m=2)
+    assert table["ranked"]["pass@1"] == pytest.approx(2 / 6)   # the 2-subsets with the passing one on top
+    assert table["ranked"]["pass@3"] == 1.0                    # the top 3 of all 4 hold it
+    problems = [Problem("p", "", UnitTests(), UnitTests())]
+    records = [{"pool": "main", "task_id": "p", "return": 0.0, "passed": True, "example_passed": True},
+               {"pool": "filter", "task_id": "p", "return": 0.0, "passed": False, "example_passed": True}]
+    report = protocol_report(records, problems, ("filtered", "oracle"), ks=(1,))
+    assert report["oracle"]["pass@1"] == 1.0 and report["filtered"]["pass@1"] == 0.0
+
+
 def test_eval_stage_numbers_follow_from_its_samples(run_dir):
     """eval.json's tables, recomputed by brute force from eval_samples.jsonl (the programs, their outcomes
     on all tests and on the example tests, and their R~)."""
     report = json.loads((run_dir / "eval.json").read_text())
     records = [json.loads(line) for line in (run_dir / "eval_samples.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 4 * 4  # policies x problems x samples
+    assert report["policies"] == ["ckpt", "theta", "control"]   # the CE-only control beside theta
+    assert len(records) == 3 * 4 * 4  # policies x problems x samples
     m = report["settings"]["m"]
-    for policy in ("ckpt", "theta"):
+    for policy in report["policies"]:
         by_task = {}
         for r in records:
             if r["policy"] == policy:
                 by_task.setdefault(r["task_id"], []).append(r)
         assert len(by_task) == report[policy]["problems"] == 4
-        for protocol in PROTOCOLS:
-            values = []
-            for group in by_task.values():
-                scores = [r["return"] for r in group]
-                passed = [r["outcome"] == "passed" for r in group]
-                keep = {"unranked": [True] * len(group), "ranked": [True] * len(group), "oracle": passed,
-                        "filtered": [r["example_outcome"] in ("passed", "no_tests") for r in group]}[protocol]
-                subset = 1 if protocol == "unranked" else m       # unranked: pass@1 = c / n
-                values.append(enumerate_top_k(scores, passed, 1, subset, keep))
-            assert report[policy][protocol]["pass@1"] == pytest.approx(sum(values) / len(values)), (policy, protocol)
+        # theta's R~ ranks in the protocols; the free baselines (phi's R~, theta_ckpt's log-probability) in ranked_by
+        tables = [(report[policy], "return", PROTOCOLS), *[(report[policy]["ranked_by"][name], field, ("ranked", "filtered"))
+                                                         for name, field in (("phi", "return_phi"), ("logprob", "logprob"))]]
+        for table, field, protocols in tables:
+            for protocol in protocols:
+                values = []
+                for group in by_task.values():
+                    scores = [r[field] for r in group]
+                    passed = [r["outcome"] == "passed" for r in group]
+                    keep = {"unranked": [True] * len(group), "ranked": [True] * len(group), "oracle": passed,
+                            "filtered": [r["example_outcome"] in ("passed", "no_tests") for r in group]}[protocol]
+                    subset = 1 if protocol == "unranked" else m       # unranked: pass@1 = c / n
+                    values.append(enumerate_top_k(scores, passed, 1, subset, keep))
+                assert table[protocol]["pass@1"] == pytest.approx(sum(values) / len(values)), (policy, field, protocol)
     for outcome in ("passed", "failed", "runtime_error", "compile_error"):
         returns = [r["return"] for r in records if r["outcome"] == outcome]
         expected = sum(returns) / len(returns) if returns else None

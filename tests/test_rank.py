@@ -45,8 +45,15 @@ def test_return_is_the_sum_of_token_rewards_and_batching_changes_nothing(scorer,
             ids, mask, _ = encode(scorer.tokenizer, [prompt], 600)
             actions, amask, _ = encode(scorer.tokenizer, [program], 512)
             out = scorer.model(ids, mask, actions)
-            r = token_rewards(out.logits, out.values, actions, amask, scorer.gamma, scorer.alpha)[0]
+            r = token_rewards(out.logits, out.values, actions, amask, scorer.gamma, scorer.alpha,
+                              value_residual=out.value_residual)[0]   # eq. 16: V_phi + (h1 - h2)
             assert s.rewards == pytest.approx(r.tolist(), abs=1e-5)
+            # The free baselines from the same forward: phi's R~ (theta_ckpt's advantage, V_phi) and
+            # theta_ckpt's mean token log-probability.
+            r_phi = token_rewards(out.ckpt_logits, out.values, actions, amask, scorer.gamma, scorer.alpha)[0]
+            assert s.ret_phi == pytest.approx(float(r_phi.sum()), abs=1e-5)
+            logprob = torch.log_softmax(out.ckpt_logits[0], -1).gather(-1, actions[0].unsqueeze(-1))
+            assert s.logprob == pytest.approx(float(logprob.mean()), abs=1e-5)
 
 
 def test_token_rewards_are_q_minus_discounted_next_value():

@@ -38,17 +38,22 @@ def test_report_tables_are_eval_json(run_dir):
     """Every number of report.md's pass@k and R~ tables is the one eval.json holds."""
     text = (run_dir / "report.md").read_text()
     report = json.loads((run_dir / "eval.json").read_text())
-    names = {"θ_ckpt": "ckpt", "θ (B-Coder)": "theta"}
+    names = {"θ_ckpt": "ckpt", "θ (B-Coder)": "theta", "θ, CE only (control)": "control"}
+    rankers = {"θ R~": None, "φ R~ (no θ-stage)": "phi", "θ_ckpt log-prob": "logprob"}
     rows = table_rows(text, "| model | protocol |")
-    assert len(rows) == 2 * 5                                  # two policies x greedy and four protocols
-    for name, protocol, at1, at5, n, m, temperature in rows:
-        table = report[names[name]][protocol]
-        assert (at1, at5) == (percent(table.get("pass@1")), percent(table.get("pass@5"))), (name, protocol)
+    # three policies (theta's CE-only control beside theta) x greedy, unranked and oracle, and ranked and
+    # filtered by each of the three rankers
+    assert len(rows) == 3 * (3 + 2 * 3)
+    for name, label, at1, at5, n, m, temperature in rows:
+        protocol, _, ranker = label.partition(" by ")
+        table = report[names[name]] if rankers.get(ranker) is None else report[names[name]]["ranked_by"][rankers[ranker]]
+        table = table[protocol]
+        assert (at1, at5) == (percent(table.get("pass@1")), percent(table.get("pass@5"))), (name, label)
         if protocol != "greedy":
             assert (int(n), float(temperature)) == (report["settings"]["n"], report["settings"]["temperature"])
             assert m == ("–" if protocol == "unranked" else str(report["settings"]["m"]))
     rows = table_rows(text, "| programs |")
-    assert [row[0] for row in rows] == ["all", "ckpt", "theta"]
+    assert [row[0] for row in rows] == ["all", "ckpt", "theta", "control"]
     for group, *cells, _ in rows:
         for outcome, cell in zip(("passed", "failed", "runtime_error", "compile_error"), cells):
             stats = report["return_by_outcome"][group][outcome]
@@ -75,7 +80,7 @@ def test_the_report_describes_the_run_it_reads(run_dir):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "Problems: the tiny set (seed 0): 8 training and 4 held-out problems." in text
     assert "Stages run: sft (120 steps), sample (1 programs per training problem), phi (2 steps), theta (2 steps), " \
-           "eval." in text
+           "control (2 steps, L_ce alone on the logits), eval." in text
     lengths = table_rows(text, "| stage | prompts cut |")
     sample = next(m for m in metrics if m["stage"] == "sample" and "programs_capped" in m)
     assert ["sample", str(sample["prompts_cut"]), f"{sample['programs_capped']} of {sample['programs']} generated"] \

@@ -40,7 +40,9 @@ class QModelConfig:
 class QModelOutput:
     """Teacher-forced outputs; position t is the state s_t = (prompt, a_<t) and predicts a_t.
 
-    values [B, T]: the raw value u of the stage (u_phi, u_phi + h1 - h2, or h1 in the ablation).
+    values [B, T]: the raw value-head output u: u_phi (both stages), or h1 in the "without initialization"
+    ablation. value_residual [B, T]: theta's residual head h1 - h2 (theta-stage, with phi), else None;
+    bcoder.models.q_loss.value_terms combines the two as eq. 16 (V_phi + residual) or capped.
     logits [B, T, V]: l_theta (theta-stage) or l_ckpt (phi-stage, frozen). ckpt_logits [B, T, V]: l_ckpt,
     no grad. hidden / ckpt_hidden [B, T, H]: the decoder states with T5's LM-head rescale applied, so
     hidden @ model.lm_head_weight.T == logits and ckpt_hidden @ model.ckpt_lm_head_weight.T == ckpt_logits
@@ -51,6 +53,7 @@ class QModelOutput:
     ckpt_logits: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
     ckpt_hidden: torch.Tensor | None = None
+    value_residual: torch.Tensor | None = None
 
 
 class ValueHead(nn.Module):

@@ -352,12 +352,13 @@ class CausalQModel(QModelBase):
             values = self.phi_value_head(hidden("phi"))
             return QModelOutput(values, ckpt_logits, ckpt_logits, ckpt_hidden_out, ckpt_hidden_out)
         theta_state = hidden("theta")
-        values = self.h1(theta_state)
+        values, residual = self.h1(theta_state), None
         if self.config.init_value_from_phi:
-            values = u_phi + (values - self.h2(theta_state))   # u^r exactly 0 while h1 == h2
+            values, residual = u_phi, values - self.h2(theta_state)   # exactly 0 while h1 == h2
         head_module = (self.theta_lm if self.config.adapter == "none" else self.base).get_output_embeddings()
         logits = head_module(theta_state) if return_logits else None
-        return QModelOutput(values, logits, ckpt_logits, theta_state if return_hidden else None, ckpt_hidden_out)
+        return QModelOutput(values, logits, ckpt_logits, theta_state if return_hidden else None, ckpt_hidden_out,
+                            residual)
 
     # ----- sampling -----
 

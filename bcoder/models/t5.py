@@ -215,13 +215,12 @@ class QModel(QModelBase):
             return QModelOutput(values, ckpt_logits, ckpt_logits, ckpt_hidden, ckpt_hidden)
 
         theta_state = decode(self.theta_decoder)
-        values = self.h1(theta_state)
+        values, residual = self.h1(theta_state), None
         if self.config.init_value_from_phi:
-            # Parenthesised so that u^r is exactly 0 while h1 == h2, and then u == u_phi bit for bit.
-            values = u_phi + (values - self.h2(theta_state))
+            values, residual = u_phi, values - self.h2(theta_state)   # exactly 0 while h1 == h2
         hidden = theta_state * self.output_scale
         logits = self.theta_lm_head(hidden) if return_logits else None
-        return QModelOutput(values, logits, ckpt_logits, hidden if return_hidden else None, ckpt_hidden)
+        return QModelOutput(values, logits, ckpt_logits, hidden if return_hidden else None, ckpt_hidden, residual)
 
     # ----- sampling -----
 
