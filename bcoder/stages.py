@@ -586,8 +586,7 @@ def check_stage_inputs(config, out, stages, overwrite):
     from_phi = ["phi"] if config.model.init_value_from_phi else []
     for stage in stages:
         needs = {"sample": ["ckpt"], "phi": ["ckpt", "replay"], "theta": ["ckpt", "replay"] + from_phi,
-                 "control": ["ckpt", "replay"] + from_phi,
-                 "eval": ["ckpt", "theta"] + (["control"] if config.theta.controls else [])}.get(stage, [])
+                 "control": ["ckpt", "replay"] + from_phi, "eval": ["ckpt", "theta"]}.get(stage, [])
         for name in needs:
             if not provided[name]:
                 where = {"ckpt": f"{out / CKPT_DIR} or --model", "replay": f"{out / REPLAY_FILE} or --replay"}

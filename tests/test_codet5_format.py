@@ -168,13 +168,13 @@ def check_run(run_dir, codet5_dir, held_out, trained_on):
     assert config["model"] == str(codet5_dir)
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     ran = [m["stage"] for m in metrics if "wall_seconds" in m]
-    assert ran == ["sample", "phi", "theta", "eval"]
+    assert ran == ["sample", "phi", "theta", "control", "eval"]
     for stage in ("phi", "theta"):
         losses = [m["loss"] for m in metrics if m["stage"] == stage and "loss" in m]
         assert len(losses) == 2 and all(math.isfinite(x) for x in losses), (stage, losses)
     sample = next(m for m in metrics if m["stage"] == "sample" and "programs" in m)
     report = json.loads((run_dir / "eval.json").read_text())
-    assert report["policies"] == ["ckpt", "theta"] and report["settings"]["problems"] == len(held_out)
+    assert report["policies"] == ["ckpt", "theta", "control"] and report["settings"]["problems"] == len(held_out)
     for policy in ("ckpt", "theta"):
         for protocol in PROTOCOLS:
             assert protocol in report[policy], (policy, protocol)
@@ -183,7 +183,7 @@ def check_run(run_dir, codet5_dir, held_out, trained_on):
         assert "greedy" in report[policy]
     samples = read_jsonl(run_dir / "eval_samples.jsonl")
     assert {s["task_id"] for s in samples} == set(held_out)
-    assert len(samples) == 2 * 2 * len(held_out)              # two policies, eval_samples 2
+    assert len(samples) == 3 * 2 * len(held_out)              # three policies (theta, its control, ckpt), 2 each
     assert all(math.isfinite(s["return"]) for s in samples)
     text = (run_dir / "report.md").read_text()
     for words in trained_on:

@@ -176,3 +176,12 @@ def test_the_paper_preset_and_print_config():
     alone = train("paper", "--print-config")
     assert alone.returncode == 0 and json.loads(alone.stdout)["phi_steps"] == 18000
     assert "a run of --preset paper also needs --model and --data" in alone.stderr
+
+
+def test_the_control_stage_runs_unless_turned_off():
+    """The CE-only control trains after theta by default; --no-controls skips it, and eval does not need it."""
+    from bcoder.config import PRESETS, with_values
+    from bcoder.stages import stages_to_run
+
+    assert stages_to_run(PRESETS["smoke"], None) == ["sft", "sample", "phi", "theta", "control", "eval"]
+    assert "control" not in stages_to_run(with_values(PRESETS["smoke"], controls=False), None)
