@@ -27,7 +27,7 @@ def _field(default, help, key=None):
 CHOICES = {"operator": ("conservative", "optimality"), "loss_backend": ("auto", "cpp", "cuda", "triton", "reference"),
            "loss_path": ("fused", "logits"), "dtype": ("float32", "bfloat16"), "architecture": ("t5", "qwen2", "llama"),
            "adapter": ("auto", "lora", "none"), "td_scale": ("program", "token"), "ce_scale": ("sum", "mean"),
-           "value_residual": ("additive", "capped")}
+           "value_residual": ("additive", "capped"), "ground_truth": ("reference", "passed")}
 
 
 @dataclass
@@ -95,6 +95,9 @@ class LossConfig:
     beta_adv: float = _field(0.1, "weight of L_adv (theta-stage)")
     beta_ce: float = _field(0.5, "weight of L_ce (theta-stage)")
     operator: str = _field("conservative", "the TD target's action (optimality: Figure 1's ablation)")
+    ground_truth: str = _field("reference", "the programs that get L_adv and L_ce: the reference solutions "
+                                            "(reference: the paper) or also the generated programs that passed "
+                                            "every test (passed: section 4.1's argument applied to them)")
     td_scale: str = _field("program", "L_Q: the mean over programs of each one's mean squared TD error (program: "
                                       "the paper's eq. 15) or the mean over all tokens of the batch (token)")
     ce_scale: str = _field("sum", "L_ce: the mean over ground-truth programs of each one's summed cross-entropy (sum: "

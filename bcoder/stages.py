@@ -267,6 +267,13 @@ def q_model_for(run, checkpoint, stage):
     return checkpoint.new_q_model(config.model, stage)
 
 
+def counts_as_ground_truth(row, ground_truth):
+    """Whether a replay row gets L_adv and L_ce: a reference solution, or with ground_truth "passed" also a
+    generated program that passed every test (section 4.1: correct programs should attain the highest
+    advantage, whoever wrote them)."""
+    return row.is_ground_truth or (ground_truth == "passed" and row.outcome == "passed")
+
+
 def stage_value(run, stage):
     """The phi-stage (L_V, only phi trains), the theta-stage (L_ft) or its CE-only control ("control": the
     theta-stage's start, steps and batches, with L_Q and L_adv cut from theta's logits, so that only L_ce moves
@@ -297,7 +304,7 @@ def stage_value(run, stage):
         prompt_ids, prompt_mask, _ = encode(tokenizer, [prompts[r.problem_id] for r in rows], data.max_prompt_tokens)
         programs, mask, programs_cut = encode(tokenizer, [r.program for r in rows], data.max_program_tokens,
                                               program=True, causal=causal)
-        is_gt = torch.tensor([r.is_ground_truth for r in rows])
+        is_gt = torch.tensor([counts_as_ground_truth(r, loss.ground_truth) for r in rows])
         rewards = torch.tensor([r.reward for r in rows])
         prompt_ids, prompt_mask, programs, mask, is_gt, rewards = to_device(
             prompt_ids, prompt_mask, programs, mask, is_gt, rewards)

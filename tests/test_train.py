@@ -185,3 +185,14 @@ def test_the_control_stage_runs_unless_turned_off():
 
     assert stages_to_run(PRESETS["smoke"], None) == ["sft", "sample", "phi", "theta", "control", "eval"]
     assert "control" not in stages_to_run(with_values(PRESETS["smoke"], controls=False), None)
+
+
+def test_passed_programs_count_as_ground_truth_only_when_asked():
+    from bcoder.replay import StoredProgram
+    from bcoder.stages import counts_as_ground_truth
+
+    rows = {outcome: StoredProgram("p", "x", outcome, 1.0 if outcome == "passed" else -1.0)
+            for outcome in ("passed", "failed", "runtime_error", "compile_error")}
+    reference = StoredProgram("p", "x", "passed", 1.0, is_ground_truth=True)
+    assert [counts_as_ground_truth(r, "reference") for r in (reference, *rows.values())] == [True] + [False] * 4
+    assert [counts_as_ground_truth(r, "passed") for r in (reference, *rows.values())] == [True, True] + [False] * 3
