@@ -2,7 +2,7 @@
 the stages, the benchmarks and the tests train with."""
 from bcoder.fused_head import bellman_loss_from_hidden
 from bcoder.loss import bellman_loss
-from bcoder.reference import capped_value
+from bcoder.reference import state_value
 
 VALUE_RESIDUALS = ("additive", "capped")
 
@@ -33,8 +33,8 @@ def q_loss(net, stage, prompt_ids, prompt_mask, programs, loss_path="fused", val
     def head(out, model):
         values, residual = value_terms(out, value_residual)
         residual = None if residual is None else residual.float()
-        value = capped_value(values.detach().float(), loss_args.get("r_max", 1.0))
-        value = value if residual is None else value + residual.detach()
+        value = state_value(values.detach().float(), loss_args.get("r_max", 1.0),
+                            None if residual is None else residual.detach())
         if loss_path == "fused":
             return value, bellman_loss_from_hidden(
                 hidden=out.hidden.float(), lm_head_weight=model.lm_head_weight,
