@@ -27,7 +27,8 @@ def _field(default, help, key=None):
 CHOICES = {"operator": ("conservative", "optimality"), "loss_backend": ("auto", "cpp", "cuda", "triton", "reference"),
            "loss_path": ("fused", "logits"), "dtype": ("float32", "bfloat16"), "architecture": ("t5", "qwen2", "llama"),
            "adapter": ("auto", "lora", "none"), "td_scale": ("program", "token"), "ce_scale": ("sum", "mean"),
-           "value_residual": ("additive", "capped"), "ground_truth": ("reference", "passed")}
+           "value_residual": ("additive", "capped"), "ground_truth": ("reference", "passed"),
+           "tiny_maps": (1, 2)}
 
 
 @dataclass
@@ -65,6 +66,8 @@ class DataConfig:
                        key="data_seed")
     n_train: int = _field(1000, "tiny set: training problems")
     n_test: int = _field(100, "tiny set: held-out problems")
+    tiny_maps: int = _field(1, "tiny set: the longest chain of maps a problem applies; 2 is the harder task (half its "
+                               "problems apply two maps one after the other)")
     max_prompt_tokens: int = _field(600, "prompt tokens; a longer prompt loses the end of its question")
     max_program_tokens: int = _field(512, "program tokens in training and scoring; longer programs are cut")
 
@@ -267,7 +270,7 @@ def check_config(config):
     values = config_dict(config)
     for name, choices in CHOICES.items():
         if values[name] not in choices:
-            raise TrainingError(f"{flag(name)} must be one of {', '.join(choices)}, got {values[name]!r}")
+            raise TrainingError(f"{flag(name)} must be one of {', '.join(map(str, choices))}, got {values[name]!r}")
     at_least = {1: ("sft_steps", "sft_batch", "phi_steps", "phi_batch", "theta_steps", "theta_batch",
                     "samples_per_problem", "eval_samples", "curve_problems", "log_every", "checkpoint_every",
                     "max_prompt_tokens", "max_program_tokens", "max_new_tokens", "n_train", "n_test", "d_model",

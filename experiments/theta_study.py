@@ -13,22 +13,36 @@ numbers:
     the logits), and theta - control per seed;
   - ranked pass@1 of theta_ckpt's pool by theta's R~ and by the free baselines, phi's R~ (no theta-stage) and
     theta_ckpt's mean token log-probability, and theta's R~ minus the better baseline per seed;
-  - whether mean R~ orders passed > failed > runtime_error > compile_error.
-A difference counts only where its mean exceeds its spread over seeds (the noise floor, measured here).
+  - whether mean R~ orders passed > failed > runtime_error > compile_error;
+  - theta_ckpt's filtered and oracle pass@1 (ranked by the example tests, by every test): the room ranking has.
+A difference counts only where its mean exceeds its spread over seeds (the noise floor, measured here). Per
+problem, pooled over seeds: the problems where theta's R~ picks a passing program and a baseline a failing one,
+and the reverse, with the two-sided sign test's p.
 The table (markdown) goes to stdout and --table.
 """
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
+
+from bcoder.protocols import top_k_solved
 
 OUTCOMES = ("passed", "failed", "runtime_error", "compile_error")
 
 
+def checkpoint(base):
+    """theta_ckpt of a base run: its ckpt/, or the --model it sampled from (a run of the sample stage alone)."""
+    if (base / "ckpt").is_dir():
+        return base / "ckpt"
+    return Path(json.loads((base / "config.json").read_text())["model"])
+
+
 def train(base, out, seed, flags):
-    command = [sys.executable, "-m", "bcoder.train", "--preset", "tiny", "--model", str(base / "ckpt"),
+    command = [sys.executable, "-m", "bcoder.train", "--preset", "tiny", "--model", str(checkpoint(base)),
                "--replay", str(base / "replay.db"), "--seed", str(seed), "--curve-every", "0", "--out", str(out),
                *flags]
     out.mkdir(parents=True, exist_ok=True)
@@ -48,13 +62,40 @@ def measures(run):
     baselines = [row[f"ckpt pool by {name}"] for name in ("phi", "logprob") if f"ckpt pool by {name}" in row]
     row["θ R~ − best baseline"] = row["ckpt pool by θ R~"] - max(baselines) if baselines else None
     row["θ pool by θ R~"] = pass1(report["theta"]["ranked"])
+    for protocol in ("filtered", "oracle"):     # the room ranking has: the example tests, every test
+        row[f"ckpt {protocol}"] = pass1(report["ckpt"][protocol]) if protocol in report["ckpt"] else None
     means = [report["mean_return_by_outcome"][o] for o in OUTCOMES]
     row["R~ ordered"] = float(None not in means and all(a > b for a, b in zip(means, means[1:])))
     samples = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
     for policy in ("ckpt", "theta", "control"):
         row[f"{policy} compile errors"] = sum(s["outcome"] == "compile_error" for s in samples
                                               if s["policy"] == policy and s["pool"] == "main")
+    row["_paired"] = paired(samples)
     return row
+
+
+def paired(samples):
+    """{baseline: [problems where theta's R~ picks a passing program and the baseline a failing one, and the
+    reverse]} on theta_ckpt's pool (ties within a ranker count fractionally, as the ranked protocol does)."""
+    pools = defaultdict(list)
+    for sample in samples:
+        if sample["policy"] == "ckpt" and sample["pool"] == "main":
+            pools[sample["task_id"]].append(sample)
+    counts = {"φ R~": [0, 0], "log-prob": [0, 0]}
+    for pool in pools.values():
+        passed = [s["outcome"] == "passed" for s in pool]
+        solved = {name: top_k_solved([s[key] for s in pool], passed, 1, len(pool), None)
+                  for name, key in (("θ R~", "return"), ("φ R~", "return_phi"), ("log-prob", "logprob"))}
+        for baseline, count in counts.items():
+            count[0] += solved["θ R~"] > solved[baseline]
+            count[1] += solved["θ R~"] < solved[baseline]
+    return counts
+
+
+def sign_test(wins, losses):
+    """Two-sided p of the exact sign test: wins against losses, ties left out."""
+    n = wins + losses
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n) if n else 1.0
 
 
 def mean_std(values):
@@ -68,7 +109,8 @@ def mean_std(values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, type=Path, help="a tiny run with ckpt/ and replay.db")
+    parser.add_argument("--base", required=True, type=Path,
+                        help="a tiny run with replay.db, and ckpt/ or the --model it sampled from")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--setting", action="append", required=True, help="NAME=FLAGS")
@@ -86,14 +128,20 @@ def main(argv=None):
             per_seed.append(measures(run))
             print(f"{name} seed {seed}: {json.dumps(per_seed[-1])}", file=sys.stderr)
         rows[name] = (flags, per_seed)
-    keys = list(next(iter(rows.values()))[1][0])
-    lines = ["| setting | flags | " + " | ".join(keys) + " | θ > control (seeds) | θ R~ > baselines (seeds) |",
-             "|" + "---|" * (len(keys) + 4)]
+    keys = [key for key in next(iter(rows.values()))[1][0] if not key.startswith("_")]
+    baselines = list(next(iter(rows.values()))[1][0]["_paired"])
+    lines = ["| setting | flags | " + " | ".join(keys) + " | θ > control (seeds) | θ R~ > baselines (seeds) | " +
+             " | ".join(f"θ R~ vs {b}: problems won / lost, all seeds (sign test p)" for b in baselines) + " |",
+             "|" + "---|" * (len(keys) + 4 + len(baselines))]
     for name, (flags, per_seed) in rows.items():
         wins = lambda key: sum((r[key] or 0) > 0 for r in per_seed)
         cells = [mean_std([r[k] for r in per_seed]) for k in keys]
-        lines.append(f"| {name} | `{flags or '(tiny)'}` | " + " | ".join(cells) +
-                     f" | {wins('θ − control')}/{len(per_seed)} | {wins('θ R~ − best baseline')}/{len(per_seed)} |")
+        for baseline in baselines:
+            won, lost = (sum(r["_paired"][baseline][i] for r in per_seed) for i in (0, 1))
+            cells.append(f"{won} / {lost} (p {sign_test(won, lost):.2f})")
+        lines.append(f"| {name} | `{flags or '(tiny)'}` | " + " | ".join(cells[:len(keys)]) +
+                     f" | {wins('θ − control')}/{len(per_seed)} | {wins('θ R~ − best baseline')}/{len(per_seed)} | " +
+                     " | ".join(cells[len(keys):]) + " |")
     table = "\n".join(lines)
     print(table)
     if args.table:

@@ -20,9 +20,10 @@ EVIL = "class Evil:\n    def __eq__(self, other): return True\n    def __ne__(se
        "    def __bool__(self): return True\n    def __hash__(self): return 0\n"
 MARKER = "bcoder-hostile-marker"
 
-# In the checkout, unless this user may not write there (the suite run as another user)
+# In the checkout, unless this user may not write there (the suite run as another user); made by the
+# fixture, not at import, so that a run that deselects this module leaves nothing there
 HERE = Path(__file__).parent
-VICTIM_DIR = Path(tempfile.mkdtemp(prefix="victim-", dir=HERE if os.access(HERE, os.W_OK) else None))
+VICTIM_DIR = Path(HERE if os.access(HERE, os.W_OK) else tempfile.gettempdir()) / f"victim-{os.urandom(6).hex()}"
 VICTIM = VICTIM_DIR / "victim.txt"
 LISTENER = socket.socket()
 LISTENER.bind(("127.0.0.1", 0))
@@ -104,6 +105,7 @@ HOSTILE = {
 
 @pytest.fixture(scope="module")
 def results():
+    VICTIM_DIR.mkdir(mode=0o700)
     VICTIM.write_text("original")
     VICTIM.chmod(0o644)
     with Sandbox(SandboxConfig(timeout=1.5, memory_limit=1 << 30), workers=2) as box:

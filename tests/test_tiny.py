@@ -1,6 +1,7 @@
 """The tiny data set: deterministic, held-out compositions, references pass their tests in the
 sandbox and wrong programs fail, and the local tokenizer gives programs back exactly."""
 import collections
+import re
 
 import pytest
 
@@ -9,12 +10,16 @@ from bcoder.data.tiny import TinyConfig, _parts, compositions, make_tiny_problem
 from bcoder.data.tokenizer import tiny_tokenizer
 from bcoder.sandbox import CallTest, StdioTest, run_programs
 
-MAX_PROMPT_TOKENS, MAX_PROGRAM_TOKENS = 64, 64
+MAX_PROMPT_TOKENS, MAX_PROGRAM_TOKENS = 64, 80     # the tiny preset generates up to 96 tokens
 
 
-@pytest.fixture(scope="module")
-def problems():
-    return make_tiny_problems(TinyConfig(seed=0, n_train=1000, n_test=150))
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-map", "two-maps"])
+def problems(request):
+    return make_tiny_problems(TinyConfig(seed=0, n_train=1000, n_test=150, maps=request.param))
+
+
+def maps_of(problems):
+    return 1 + max(p.composition[1].count("+") for split in problems for p in split)
 
 
 def summary(problem):
@@ -22,21 +27,23 @@ def summary(problem):
 
 
 def test_same_seed_same_problems_other_seed_other_problems(problems):
-    again = make_tiny_problems(seed=0, n_train=1000, n_test=150)
+    maps = maps_of(problems)
+    again = make_tiny_problems(seed=0, n_train=1000, n_test=150, maps=maps)
     assert [summary(p) for p in problems[0] + problems[1]] == [summary(p) for p in again[0] + again[1]]
-    other = make_tiny_problems(seed=1, n_train=1000, n_test=150)
+    other = make_tiny_problems(seed=1, n_train=1000, n_test=150, maps=maps)
     assert {p.prompt for p in problems[0]} != {p.prompt for p in other[0]}
-    assert split_compositions(0, 0.15) != split_compositions(1, 0.15)
+    assert split_compositions(0, 0.15, maps) != split_compositions(1, 0.15, maps)
 
 
 def test_test_split_holds_only_compositions_unseen_in_training(problems):
     train, test = problems
+    maps = maps_of(problems)
     assert len(train) == 1000 and len(test) == 150
     seen = {p.composition for p in train}
     assert not seen & {p.composition for p in test}
-    train_compositions, test_compositions = split_compositions(0, 0.15)
-    assert set(train_compositions) | set(test_compositions) == set(compositions())
-    assert len(test_compositions) == round(0.15 * len(compositions()))
+    train_compositions, test_compositions = split_compositions(0, 0.15, maps)
+    assert set(train_compositions) | set(test_compositions) == set(compositions(maps))
+    assert len(test_compositions) == round(0.15 * len(compositions(maps)))
     # Every part of a held-out composition is taught by some training composition.
     taught = {part for c in train_compositions for part in _parts(c)}
     assert all(set(_parts(c)) <= taught for c in test_compositions)
@@ -59,6 +66,30 @@ def test_problems_are_varied_and_well_formed(problems):
     calls = [p for p in train if p.format == "call" and p.composition[0] == "int"]
     assert all([] in [c.args[0] for c in p.hidden_tests.cases] for p in calls)
     assert all(any(c.args[0] and max(c.args[0]) < 0 for c in p.hidden_tests.cases) for p in calls)
+
+
+def test_two_maps_chain_half_the_problems_in_the_order_the_prompt_says():
+    """maps=2: about half the problems of each split apply two distinct maps, neither the identity, and the
+    prompt wraps the second map's phrase around the first's ("the squares of (the even numbers after adding
+    3 to each)" is add 3, then square), as the references compute (test_references_pass... runs them)."""
+    from bcoder.data.tiny import ELEMENTS
+
+    train, test = make_tiny_problems(seed=0, n_train=1000, n_test=150, maps=2)
+    assert compositions(1) == [c for c in compositions(2) if "+" not in c[1]]
+    for split in (train, test):
+        chained = [p for p in split if "+" in p.composition[1]]
+        assert 0.4 < len(chained) / len(split) < 0.6
+        for problem in chained:
+            element = ELEMENTS[problem.composition[0]]
+            first, second = (next(s for s in element.maps if s.name == n) for n in problem.composition[1].split("+"))
+            assert first is not second and "identity" not in (first.name, second.name) and not first.makes
+
+            def pattern(step, k, inner):
+                return "|".join(re.escape(p).replace(re.escape("{n}"), inner).replace(re.escape("{k}"), str(k))
+                                for p in step.phrases)
+
+            inner = pattern(first, problem.params[0], ".+")
+            assert re.search(pattern(second, problem.params[1], f"(?:{inner})"), problem.prompt), problem.prompt
 
 
 def without_first_element(problem, program):

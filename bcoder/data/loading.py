@@ -14,7 +14,7 @@ MBPP_TRAIN, MBPP_TEST = range(601, 975), range(11, 511)   # the standard split (
 
 def load_split(data):
     """(train, held-out) problems of a run's data section (bcoder.config.DataConfig): data.train names the
-    training problems ("tiny", made from data.seed, n_train and n_test; "mbpp:PATH", its train tasks 601-974;
+    training problems ("tiny", made from data.seed, n_train, n_test and tiny_maps; "mbpp:PATH", its train tasks 601-974;
     "apps:PATH", every problem there: APPS's train split), data.eval the held-out ones ("mbpp:PATH", its test
     tasks 11-510;
     "apps:PATH", every problem there: APPS's test split). Without eval_data they come from --data:
@@ -23,7 +23,7 @@ def load_split(data):
     if data.train == "tiny":
         if data.eval:
             raise DataError("--eval-data goes with --data mbpp:PATH or apps:PATH, not the tiny set")
-        return make_tiny_problems(seed=data.seed, n_train=data.n_train, n_test=data.n_test)
+        return make_tiny_problems(seed=data.seed, n_train=data.n_train, n_test=data.n_test, maps=data.tiny_maps)
     kind, path = _spec(data.train, "--data")
     train = load_mbpp(path) if kind == "mbpp" else load_apps(path)
     if data.eval:
@@ -48,7 +48,8 @@ def load_split(data):
 def split_description(data):
     """In words: where a run's training and held-out problems come from."""
     if data.train == "tiny":
-        return f"the tiny set (seed {data.seed}): {data.n_train} training and {data.n_test} held-out problems"
+        chains = "" if data.tiny_maps == 1 else f", chains of up to {data.tiny_maps} maps"
+        return f"the tiny set (seed {data.seed}{chains}): {data.n_train} training and {data.n_test} held-out problems"
     kind, path = _spec(data.train, "--data")
     if data.eval:
         eval_kind, eval_path = _spec(data.eval, "--eval-data")

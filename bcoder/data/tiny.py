@@ -14,6 +14,11 @@ example tests and hidden tests (with the empty list and an all-negative list).
 The test split asks only compositions (element type, map, filter, aggregate) that never
 occur in training, though each of their parts does: held-out problems need compositional
 generalisation, not recall. Everything is a function of the config (seed included).
+
+A harder task chains maps: with `maps=2`, half the problems (drawn by chain length) apply two
+maps one after the other, e.g. "the sum of the squares of the even numbers after adding 3 to
+each" (add 3, then square). Their compositions name the chain "add+square"; there are some
+twenty times as many of them, so most held-out chains were never seen whole.
 """
 import math
 import random
@@ -170,6 +175,7 @@ class TinyConfig:
     formats: tuple = ("call", "stdin")
     n_examples: int = 2
     n_hidden: int = 6                 # including the empty list and an all-negative list (ints)
+    maps: int = 1                     # the longest chain of maps a problem applies (1 or 2)
 
 
 @dataclass
@@ -181,23 +187,34 @@ class TinyProblem(Problem):
     format: str = ""
 
 
-def compositions():
-    """Every (element type, map, filter, aggregate) that makes sense, in a fixed order."""
+def map_chains(element, maps):
+    """The chains of maps of one element type, as lists of Steps: each single map, then (maps=2) each
+    pair of distinct maps other than the identity whose first keeps the element's type."""
+    chains = [[step] for step in element.maps]
+    if maps >= 2:
+        chains += [[first, second] for first in element.maps for second in element.maps
+                   if "identity" not in (first.name, second.name) and first is not second and not first.makes]
+    return chains
+
+
+def compositions(maps=1):
+    """Every (element type, map chain, filter, aggregate) that makes sense, in a fixed order; a chain of
+    two maps is named "first+second"."""
     found = []
     for element in ELEMENTS.values():
-        for step in element.maps:
-            value_type = step.makes or element.type
+        for chain in map_chains(element, maps):
+            value_type = chain[-1].makes or element.type
             for keep in element.filters:
                 for aggregate in AGGREGATES:
-                    if value_type in aggregate.accepts and (aggregate.name != "count" or step.name == "identity"):
-                        found.append((element.type, step.name, keep.name, aggregate.name))
+                    if value_type in aggregate.accepts and (aggregate.name != "count" or chain[0].name == "identity"):
+                        found.append((element.type, "+".join(s.name for s in chain), keep.name, aggregate.name))
     return found
 
 
-def split_compositions(seed, test_fraction):
+def split_compositions(seed, test_fraction, maps=1):
     """(train, test) compositions: a random `test_fraction` held out, keeping every map,
     filter and aggregate (per element type) in some training composition."""
-    everything = compositions()
+    everything = compositions(maps)
     order = list(everything)
     random.Random(f"tiny-split-{seed}").shuffle(order)
     uses = {}
@@ -216,15 +233,16 @@ def split_compositions(seed, test_fraction):
 
 
 def _parts(composition):
-    element, *steps = composition
-    return [(element, role, name) for role, name in zip(("map", "filter", "aggregate"), steps)]
+    element, chain, keep, aggregate = composition
+    return [(element, "map", name) for name in chain.split("+")] + [(element, "filter", keep),
+                                                                    (element, "aggregate", aggregate)]
 
 
 def make_tiny_problems(config=None, **fields):
     """(train, test) lists of TinyProblem; `fields` override those of `config` (a TinyConfig)."""
     config = replace(config or TinyConfig(), **fields)
     rng = random.Random(config.seed)
-    train_compositions, test_compositions = split_compositions(config.seed, config.test_fraction)
+    train_compositions, test_compositions = split_compositions(config.seed, config.test_fraction, config.maps)
     train = _sample_problems(rng, config, train_compositions, config.n_train, "train")
     test = _sample_problems(rng, config, test_compositions, config.n_test, "test")
     return train, test
@@ -232,42 +250,62 @@ def make_tiny_problems(config=None, **fields):
 
 def _sample_problems(rng, config, pool, count, split):
     problems, seen = [], set()
+    by_length = [[c for c in pool if c[1].count("+") == n] for n in range(config.maps)]
+    by_length = [compositions for compositions in by_length if compositions]
     for _ in range(100 * count + 1000):
         if len(problems) == count:
             break
-        composition, form = rng.choice(pool), rng.choice(config.formats)
+        # (a chain length first: else nearly every problem would chain the most maps)
+        choices = rng.choice(by_length) if len(by_length) > 1 else pool
+        composition, form = rng.choice(choices), rng.choice(config.formats)
         element = ELEMENTS[composition[0]]
-        step, keep, aggregate = _lookup(element, composition)
-        params = (rng.choice(step.params), rng.choice(keep.params))
+        chain, keep, aggregate = _lookup(element, composition)
+        params = (*(rng.choice(step.params) for step in chain), rng.choice(keep.params))
         if (composition, params, form) in seen:
             continue
         seen.add((composition, params, form))
-        problems.append(_problem(rng, config, f"tiny-{config.seed}-{split}-{len(problems):05d}",
-                                 element, step, keep, aggregate, params, form))
+        problem = _problem(rng, config, f"tiny-{config.seed}-{split}-{len(problems):05d}", element, chain, keep,
+                           aggregate, params, form)
+        if len(chain) > 1 and len(set(map(_answer, problem.tests.cases))) < 3:
+            continue        # two maps can make a near-constant answer (first letters' lengths), which no test tells
+        problems.append(problem)
     if len(problems) < count:
         raise ValueError(f"only {len(problems)} distinct {split} problems found; ask for fewer")
     return problems
 
 
+def _answer(case):
+    return repr(case.expected) if isinstance(case, CallTest) else case.output
+
+
 def _lookup(element, composition):
-    _, map_name, filter_name, aggregate_name = composition
-    return (next(s for s in element.maps if s.name == map_name),
+    _, chain, filter_name, aggregate_name = composition
+    return ([next(s for s in element.maps if s.name == name) for name in chain.split("+")],
             next(s for s in element.filters if s.name == filter_name),
             next(a for a in AGGREGATES if a.name == aggregate_name))
 
 
-def _problem(rng, config, task_id, element, step, keep, aggregate, params, form):
-    value_type = step.makes or element.type
-    a, b = params
-    nouns = rng.choice(keep.phrases).format(k=b)
-    values = rng.choice(step.phrases).format(n=nouns, k=a)
+def _operand(expression, code):
+    """`expression` as the operand `{v}` of the map `code`: bracketed where it has an operator and the
+    code does not bracket it already (a call's argument)."""
+    return f"({expression})" if " " in expression and "({v})" not in code else expression
+
+
+def _problem(rng, config, task_id, element, chain, keep, aggregate, params, form):
+    value_type = chain[-1].makes or element.type
+    *map_params, b = params
+    values = rng.choice(keep.phrases).format(k=b)
+    for step, a in zip(chain, map_params):        # the first map's phrase is innermost
+        values = rng.choice(step.phrases).format(n=values, k=a)
     phrases = (aggregate.stdin_phrases if form == "stdin" and aggregate.stdin_phrases else aggregate.phrases)
     answer = rng.choice(phrases[value_type]).format(m=values)
     name = rng.choice(FUNCTION_NAMES) if form == "call" else ""
     sentence = rng.choice(CALL_PHRASES if form == "call" else STDIN_PHRASES)
     prompt = sentence.format(f=name, p=element.sequence, t=element.noun, a=answer)
 
-    mapped = step.code.format(v=element.variable, k=a)
+    mapped = element.variable
+    for step, a in zip(chain, map_params):
+        mapped = step.code.format(v=_operand(mapped, step.code), k=a)
     condition = keep.code.format(v=element.variable, k=b)
     solutions = []
     for style in (_comprehension, _loop, _functional):
@@ -276,9 +314,14 @@ def _problem(rng, config, task_id, element, step, keep, aggregate, params, form)
         if program not in solutions:
             solutions.append(program)
 
+    def apply(x):
+        for step, a in zip(chain, map_params):
+            x = step.fn(x, a)
+        return x
+
     def solve(xs):
         kept = [x for x in xs if keep.fn is None or keep.fn(x, b)]
-        return aggregate.fn([step.fn(x, a) for x in kept], "" if value_type == "str" else 0)
+        return aggregate.fn([apply(x) for x in kept], "" if value_type == "str" else 0)
 
     inputs = _inputs(rng, element, form, config.n_examples, config.n_hidden, solve)
     cases = [CallTest(name, [xs], solve(xs)) if form == "call" else StdioTest(" ".join(map(str, xs)) + "\n",
@@ -286,7 +329,8 @@ def _problem(rng, config, task_id, element, step, keep, aggregate, params, form)
              for xs in inputs]
     return TinyProblem(task_id=task_id, prompt=prompt, example_tests=UnitTests(cases[:config.n_examples]),
                        hidden_tests=UnitTests(cases[config.n_examples:]), solutions=solutions, entry_point=name,
-                       composition=(element.type, step.name, keep.name, aggregate.name), params=params, format=form,
+                       composition=(element.type, "+".join(s.name for s in chain), keep.name, aggregate.name),
+                       params=params, format=form,
                        dataset="tiny")
 
 
