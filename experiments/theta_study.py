@@ -51,6 +51,7 @@ def train(base, out, seed, flags):
 
 
 def measures(run):
+    """(row of this seed's numbers, paired(...) of its samples)."""
     report = json.loads((run / "eval.json").read_text())
     pass1 = lambda table: 100 * table["pass@1"]
     row = {"ckpt unranked": pass1(report["ckpt"]["unranked"]), "θ unranked": pass1(report["theta"]["unranked"]),
@@ -70,8 +71,7 @@ def measures(run):
     for policy in ("ckpt", "theta", "control"):
         row[f"{policy} compile errors"] = sum(s["outcome"] == "compile_error" for s in samples
                                               if s["policy"] == policy and s["pool"] == "main")
-    row["_paired"] = paired(samples)
-    return row
+    return row, paired(samples)
 
 
 def paired(samples):
@@ -120,24 +120,26 @@ def main(argv=None):
     rows = {}
     for setting in args.setting:
         name, _, flags = setting.partition("=")
-        per_seed = []
+        per_seed, pairs = [], []
         for seed in seeds:
             run = args.out / f"{name}-s{seed}"
             if not (run / "eval.json").is_file():
                 train(args.base, run, seed, flags.split())
-            per_seed.append(measures(run))
-            print(f"{name} seed {seed}: {json.dumps(per_seed[-1])}", file=sys.stderr)
-        rows[name] = (flags, per_seed)
-    keys = [key for key in next(iter(rows.values()))[1][0] if not key.startswith("_")]
-    baselines = list(next(iter(rows.values()))[1][0]["_paired"])
+            row, counts = measures(run)
+            per_seed.append(row)
+            pairs.append(counts)
+            print(f"{name} seed {seed}: {json.dumps(row)} {json.dumps(counts)}", file=sys.stderr)
+        rows[name] = (flags, per_seed, pairs)
+    keys = list(next(iter(rows.values()))[1][0])
+    baselines = list(next(iter(rows.values()))[2][0])
     lines = ["| setting | flags | " + " | ".join(keys) + " | θ > control (seeds) | θ R~ > baselines (seeds) | " +
              " | ".join(f"θ R~ vs {b}: problems won / lost, all seeds (sign test p)" for b in baselines) + " |",
              "|" + "---|" * (len(keys) + 4 + len(baselines))]
-    for name, (flags, per_seed) in rows.items():
+    for name, (flags, per_seed, pairs) in rows.items():
         wins = lambda key: sum((r[key] or 0) > 0 for r in per_seed)
         cells = [mean_std([r[k] for r in per_seed]) for k in keys]
         for baseline in baselines:
-            won, lost = (sum(r["_paired"][baseline][i] for r in per_seed) for i in (0, 1))
+            won, lost = (sum(counts[baseline][i] for counts in pairs) for i in (0, 1))
             cells.append(f"{won} / {lost} (p {sign_test(won, lost):.2f})")
         lines.append(f"| {name} | `{flags or '(tiny)'}` | " + " | ".join(cells[:len(keys)]) +
                      f" | {wins('θ − control')}/{len(per_seed)} | {wins('θ R~ − best baseline')}/{len(per_seed)} | " +

@@ -14,20 +14,20 @@ MAX_PROMPT_TOKENS, MAX_PROGRAM_TOKENS = 64, 80     # the tiny preset generates u
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-map", "two-maps"])
-def problems(request):
-    return make_tiny_problems(TinyConfig(seed=0, n_train=1000, n_test=150, maps=request.param))
+def maps(request):
+    return request.param
 
 
-def maps_of(problems):
-    return 1 + max(p.composition[1].count("+") for split in problems for p in split)
+@pytest.fixture(scope="module")
+def problems(maps):
+    return make_tiny_problems(TinyConfig(seed=0, n_train=1000, n_test=150, maps=maps))
 
 
 def summary(problem):
     return (problem.prompt, problem.solutions, problem.tests)
 
 
-def test_same_seed_same_problems_other_seed_other_problems(problems):
-    maps = maps_of(problems)
+def test_same_seed_same_problems_other_seed_other_problems(problems, maps):
     again = make_tiny_problems(seed=0, n_train=1000, n_test=150, maps=maps)
     assert [summary(p) for p in problems[0] + problems[1]] == [summary(p) for p in again[0] + again[1]]
     other = make_tiny_problems(seed=1, n_train=1000, n_test=150, maps=maps)
@@ -35,9 +35,8 @@ def test_same_seed_same_problems_other_seed_other_problems(problems):
     assert split_compositions(0, 0.15, maps) != split_compositions(1, 0.15, maps)
 
 
-def test_test_split_holds_only_compositions_unseen_in_training(problems):
+def test_test_split_holds_only_compositions_unseen_in_training(problems, maps):
     train, test = problems
-    maps = maps_of(problems)
     assert len(train) == 1000 and len(test) == 150
     seen = {p.composition for p in train}
     assert not seen & {p.composition for p in test}

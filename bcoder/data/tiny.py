@@ -251,7 +251,7 @@ def make_tiny_problems(config=None, **fields):
 def _sample_problems(rng, config, pool, count, split):
     problems, seen = [], set()
     by_length = [[c for c in pool if c[1].count("+") == n] for n in range(config.maps)]
-    by_length = [compositions for compositions in by_length if compositions]
+    by_length = [group for group in by_length if group]
     for _ in range(100 * count + 1000):
         if len(problems) == count:
             break
@@ -264,7 +264,7 @@ def _sample_problems(rng, config, pool, count, split):
         if (composition, params, form) in seen:
             continue
         seen.add((composition, params, form))
-        problem = _problem(rng, config, f"tiny-{config.seed}-{split}-{len(problems):05d}", element, chain, keep,
+        problem = _problem(rng, config, f"tiny-{config.seed}-{split}-{len(problems):05d}", composition, chain, keep,
                            aggregate, params, form)
         if len(chain) > 1 and len(set(map(_answer, problem.tests.cases))) < 3:
             continue        # two maps can make a near-constant answer (first letters' lengths), which no test tells
@@ -291,7 +291,8 @@ def _operand(expression, code):
     return f"({expression})" if " " in expression and "({v})" not in code else expression
 
 
-def _problem(rng, config, task_id, element, chain, keep, aggregate, params, form):
+def _problem(rng, config, task_id, composition, chain, keep, aggregate, params, form):
+    element = ELEMENTS[composition[0]]
     value_type = chain[-1].makes or element.type
     *map_params, b = params
     values = rng.choice(keep.phrases).format(k=b)
@@ -329,9 +330,7 @@ def _problem(rng, config, task_id, element, chain, keep, aggregate, params, form
              for xs in inputs]
     return TinyProblem(task_id=task_id, prompt=prompt, example_tests=UnitTests(cases[:config.n_examples]),
                        hidden_tests=UnitTests(cases[config.n_examples:]), solutions=solutions, entry_point=name,
-                       composition=(element.type, "+".join(s.name for s in chain), keep.name, aggregate.name),
-                       params=params, format=form,
-                       dataset="tiny")
+                       composition=composition, params=params, format=form, dataset="tiny")
 
 
 def _comprehension(element, mapped, condition, aggregate, default):
