@@ -50,6 +50,14 @@ def test_one_broken_case_does_not_shift_others(sandbox):
     assert [r.outcome for r in results] == ["passed", "runtime_error", "passed"]
 
 
+def test_a_program_interrupts_itself_as_in_plain_python(sandbox):
+    """The worker ignores SIGINT (a program could otherwise end it); its programs get Python's handler back."""
+    program = ("import os, signal\ndef f(x):\n    try:\n        os.kill(os.getpid(), signal.SIGINT)\n"
+               "        signal.pause()\n    except KeyboardInterrupt:\n        return 'interrupted'")
+    [result] = sandbox.run([program], UnitTests([ValueTest("f(0)", "interrupted")]))
+    assert result.outcome == "passed", result.tests
+
+
 def test_value_comparison_follows_python_for_builtin_types(sandbox):
     cases = [ValueTest("1", 1.0), ValueTest("{1: [2, (3,)]}", {1: [2, (3,)]}), ValueTest("frozenset({1})", {1}),
              ValueTest("b'x'", b"x"), ValueTest("2 ** 70000 > 0", True), ValueTest("1j", 1j),

@@ -71,6 +71,10 @@ HOSTILE = {
     # Its parent, the worker, is root's (as root) or its PID namespace's init (without): no signal reaches it.
     "kill_parent": ("import os, signal\ntry: os.kill(os.getppid(), signal.SIGKILL)\nexcept PermissionError: pass" + F,
                     DOUBLE, "passed"),
+    # Without root it shares the worker's uid: of the signals a PID namespace's init gets from inside, only
+    # those it handles arrive (Python handles SIGINT), and one would end the worker (a HarnessError).
+    "signal_parent": ("import os, signal\nfor s in signal.valid_signals() - {signal.SIGKILL}:\n"
+                      "    try: os.kill(os.getppid(), s)\n    except PermissionError: pass" + F, DOUBLE, "passed"),
     "kill_own_process_group": ("import os, signal\nos.killpg(0, signal.SIGKILL)" + F, DOUBLE, "runtime_error"),
     "kill_everything_allowed": ("import os, signal\ntry: os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError: pass" + F,
                                 DOUBLE, "passed"),  # it sees no process to kill

@@ -113,6 +113,10 @@ class Worker:
             # the parent left outside, which mounts a fresh tmpfs for each program (this process cannot: the filter)
             self.file_systems = pid_namespace_init(functools.partial(serve_file_systems, self.root, self.uid,
                                                                      in_scratch(paths)))
+        # Isolated, this is its programs' init, which receives from them only the signals it handles:
+        # Python handles SIGINT, so a program (of the same uid without root) could end it. Each program's
+        # process gets Python's handler back (enter_program).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(PR_SET_CHILD_SUBREAPER)")
         seccomp = seccomp_filter()
         self.kill_leftovers()             # of a previous worker in this slot (without a PID namespace)
@@ -231,6 +235,7 @@ class Worker:
         """In the child, before the program: what is not inherited from this process. (Each object
         made here costs the child page copies: the limits are built before the fork.)"""
         os.setsid()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for kind, value in self.limits:
             resource.setrlimit(kind, value)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
