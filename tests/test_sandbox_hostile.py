@@ -37,6 +37,13 @@ HOSTILE = {
     "signal_swallowing_loop": ("import signal\nfor s in signal.valid_signals():\n    try: signal.signal(s, signal.SIG_IGN)\n"
                                "    except (OSError, ValueError): pass\nwhile True: pass" + F, DOUBLE, "runtime_error"),
     "sleep_forever": ("import time\ntime.sleep(1000)" + F, DOUBLE, "runtime_error"),
+    # The program's processes share the CPU time limit (1.5 s): RLIMIT_CPU alone (2 s per process, rounded
+    # up) gave a process that ignores SIGXCPU a second more, and each fork a budget of its own.
+    "ignore_sigxcpu": ("import signal, time\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+                       "while time.process_time() < 2.4: pass" + F, DOUBLE, "runtime_error"),
+    "cpu_in_forked_parts": ("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n"
+                            "        while time.process_time() < 0.8: pass\n        os._exit(0)\n"
+                            "for _ in range(3): os.wait()" + F, DOUBLE, "runtime_error"),
     "loop_in_tested_function": ("def f(x):\n    while True: pass", DOUBLE, "runtime_error"),
     "fork_bomb": ("import os\nwhile True:\n    try: os.fork()\n    except OSError: pass" + F, DOUBLE, "runtime_error"),
     "thread_bomb": ("import threading, time\nfor _ in range(10000):\n    threading.Thread(target=time.sleep, args=(100,)).start()" + F,

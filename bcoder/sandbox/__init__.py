@@ -66,9 +66,11 @@ What crosses, and as what:
 A stdin program's output is compared by the pool; the program never sees the expected output.
 
 Deadlines. `timeout` is CPU seconds: the program's processes get that many in all its runs
-(RLIMIT_CPU, whole seconds per process), and the judge that many of its own for the tests' code
-(a CPU timer: the test running past it is a timeout). A run's wall-clock limit is
-WALL_FACTOR (3) times `timeout`: the worker kills the program's processes there, and the pool
+together (each process's RLIMIT_CPU, whole seconds, kills a runaway one; a run whose processes
+used more in all, counted as the worker reaps them, is a timeout whatever its tests said: a
+process that ignores SIGXCPU or forks parts of its work gains nothing), and the judge that many
+of its own for the tests' code (a CPU timer: the test running past it is a timeout). A run's
+wall-clock limit is WALL_FACTOR (3) times `timeout`: the worker kills the program's processes there, and the pool
 kills and replaces a judge still silent JUDGE_GRACE (2) seconds later, which test code stalled
 where no timer of the judge's reaches (C code, as a set of ints that all hash alike): the
 program scores runtime_error with its tests timed out, and the slot restarts. A run's outcome is

@@ -415,7 +415,8 @@ def program_result(suite, reports, verdicts, answers):
 
 def _call_test_results(suite, report, verdicts, result):
     """TestResults of a call run from the judge's verdicts; the first test without one gets how the
-    run ended (timeout, crash), the rest are not run, as are those after a test that timed out."""
+    run ended (timeout, crash), the rest are not run, as are those after a test that timed out. A run
+    that timed out after the judge's last verdict (CPU time over the limit) fails its last test."""
     tests = {}
     for verdict in verdicts:
         if verdict[0] == "program":
@@ -435,6 +436,10 @@ def _call_test_results(suite, report, verdicts, result):
         else:
             out.append(test)
             ended = test.status == "timeout"
+    if not ended and report["status"] == "timeout":
+        # Every test has its verdict, but the program's processes together used more CPU time than
+        # the limit (counted once they were gone): the last test is where its time ran out.
+        out[-1] = _run_failure(report)
     return out
 
 

@@ -73,8 +73,9 @@ class UnitTests:
 class SandboxConfig:
     """Limits per program, and how answers are compared.
 
-    `timeout` is CPU seconds: the program's processes get that many in all its runs (RLIMIT_CPU,
-    rounded up to a whole second per process), and the judge that many of its own for the
+    `timeout` is CPU seconds: the program's processes get that many in all its runs together
+    (each process's RLIMIT_CPU, rounded up to a whole second, stops a runaway one; a run whose
+    processes used more, counted once they are gone, is a timeout), and the judge that many of its own for the
     tests' code; the run's wall-clock limit is WALL_FACTOR times it, so that a run's outcome
     does not depend on the machine's load while the slot gets a third of a core. `answers` is
     the answer policy (answers.py): "strict" for rewards and ranking, "apps" for the official

@@ -151,7 +151,9 @@ class Worker:
             if request is None:
                 break
             deadline = time.monotonic() + request["wall"]
-            cpu_end = children_cpu() + request["timeout"]      # the CPU time the program's runs share
+            # The CPU time the program's runs share: all their processes', each counted once it is gone
+            # (a process's RLIMIT_CPU counts its own only, and whole seconds).
+            cpu_end = children_cpu() + request["timeout"]
             if request["stdin"] is None:
                 runs = [self.run(request, deadline, cpu_end, fds[0], None, fds[1:])]
             else:
@@ -160,9 +162,6 @@ class Worker:
                     runs.append(self.run(request, deadline, cpu_end, fds[0], self.input(fds[1], offset, length), []))
                     offset += length
                     if runs[-1][0]["status"] != "ok":
-                        break
-                    if children_cpu() >= cpu_end:
-                        runs[-1][0].update(status="timeout", error_type="Timeout", message="time limit exceeded")
                         break
             for fd in fds:
                 os.close(fd)
@@ -224,7 +223,7 @@ class Worker:
                 os._exit(code)
         for fd in high + fds[:1]:
             os.close(fd)
-        report = self.watch(pid, outputs, started, deadline, cpu)
+        report = self.watch(pid, outputs, started, deadline, cpu, cpu_end)
         if self.root:                     # no process of the program is left: the parent detaches its tmpfs
             os.write(self.file_systems[0], DONE)
         else:
@@ -238,13 +237,16 @@ class Worker:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for kind, value in self.limits:
             resource.setrlimit(kind, value)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))    # SIGKILL at it: SIGXCPU could be ignored
         os.chdir(workdir or WORK_DIR)
         become(self.uid, inherited=self.root is not None)
 
-    def watch(self, pid, outputs, started, deadline, cpu):
+    def watch(self, pid, outputs, started, deadline, cpu, cpu_end):
         """Waits for the program's process to exit or the deadline to pass; then kills and reaps
-        everything it started, so that nothing writes to `outputs` any more."""
+        everything it started, so that nothing writes to `outputs` any more. A timeout: past the
+        deadline, killed at the process's RLIMIT_CPU (`cpu` s), or past `cpu_end` of this process's children's
+        CPU, which counts every process of the program once it is reaped (its forks each had an
+        RLIMIT_CPU of their own)."""
         pidfd = os.pidfd_open(pid)
         try:
             timed_out = not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]
@@ -260,8 +262,8 @@ class Worker:
         report = {"status": "ok", "error_type": "", "message": "", "seconds": round(seconds, 4),
                   "memory": usage.ru_maxrss * 1024, "seen": seen, "sizes": [min(n, m) for n, m in zip(seen, limits)]}
         cpu_seconds = usage.ru_utime + usage.ru_stime
-        if timed_out or (os.WIFSIGNALED(status) and (os.WTERMSIG(status) == signal.SIGXCPU or (
-                os.WTERMSIG(status) == signal.SIGKILL and cpu_seconds >= cpu))):
+        if timed_out or children_cpu() > cpu_end or (
+                os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and cpu_seconds >= cpu):
             report.update(status="timeout", error_type="Timeout", message="time limit exceeded")
         elif os.WIFSIGNALED(status):
             name = signal.Signals(os.WTERMSIG(status)).name
