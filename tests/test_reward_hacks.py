@@ -369,6 +369,94 @@ def test_nothing_persists_from_one_program_to_the_next():
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].message
 
 
+# Bits in the page cache of the root's files, which every program shares: a program drops a file's pages
+# (posix_fadvise) or reads them, and a later one asks whether they are cached (preadv2 with RWF_NOWAIT)
+PAGE_CACHE = """
+import glob, os, sysconfig
+FILES = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/idlelib/*.py"))[:16]
+
+def write(secret):
+    for i, path in enumerate(FILES):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.pread(fd, 1, 0) if secret >> i & 1 else os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        os.close(fd)
+
+def read():
+    value = 0
+    for i, path in enumerate(FILES):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+            value |= 1 << i
+        except OSError:
+            pass
+        os.close(fd)
+    return value
+"""
+
+
+# Bits in the names of sockets that outlive their program's processes: each listens on an abstract unix
+# address, and its only reference is in flight in a cycle of unix sockets, which the kernel frees only
+# when its garbage collector next runs
+IN_FLIGHT = """
+import socket
+NAMES = [b"\\0bcoder-%s-%d" % (TAG, i) for i in range(16)]
+
+def write(secret):
+    for i, name in enumerate(NAMES):
+        if secret >> i & 1:
+            held = socket.socket(socket.AF_UNIX)
+            held.bind(name)
+            held.listen()
+            a, b = socket.socketpair()
+            socket.send_fds(b, [b"x"], [a.fileno(), held.fileno()])
+            socket.send_fds(a, [b"x"], [b.fileno()])
+            for side in (a, b, held):
+                side.close()
+
+def read():
+    value = 0
+    for i, name in enumerate(NAMES):
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.bind(name)
+        except OSError:
+            value |= 1 << i
+        probe.close()
+    return value
+"""
+
+
+def test_sockets_in_flight_carry_nothing_to_the_next_program():
+    source = f"TAG = {os.urandom(6).hex().encode()!r}\n" + IN_FLIGHT
+    read = []
+    for _ in range(5):                    # between plain processes (the collector may run in between)
+        subprocess.run([sys.executable, "-c", source + "write(0xBEEF)"], check=True, timeout=60)
+        read.append(subprocess.run([sys.executable, "-c", source + "print(read())"], capture_output=True,
+                                   text=True, check=True, timeout=60).stdout)
+    assert f"{0xBEEF}\n" in read, read
+    source = f"TAG = {os.urandom(6).hex().encode()!r}\n" + IN_FLIGHT
+    with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
+        results = box.run([source + "write(0xBEEF)\ndef secret(): return 0", source + "secret = read"] * 3,
+                          UnitTests([ValueTest("secret()", 0)], names=("secret",)))
+    assert [r.outcome for r in results] == ["passed"] * 6, [r.tests[0].message for r in results]
+
+
+def test_the_page_cache_carries_nothing_to_the_next_program():
+    def plain(code):
+        return subprocess.run([sys.executable, "-c", PAGE_CACHE + code], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+    plain("write(0xBEEF)")
+    assert plain("print(read())") == f"{0xBEEF}\n"          # the channel, between plain processes
+    with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
+        results = box.run([PAGE_CACHE + "write(0xBEEF)\ndef secret(): return 0", PAGE_CACHE + "secret = read"],
+                          UnitTests([ValueTest("secret()", 0)], names=("secret",)))
+    assert [r.outcome for r in results] == ["passed", "passed"], results[1].tests[0].message
+
+
 
 
 @pytest.mark.parametrize("fmt, problems, task_id, entry_point, cheats", [

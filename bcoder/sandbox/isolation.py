@@ -5,9 +5,11 @@ import ctypes
 import os
 import platform
 import select
+import socket
 import struct
 import sys
 import sysconfig
+import time
 
 libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 22, 36, 38
@@ -216,13 +218,33 @@ def serve_file_systems(root, uid, bound, requests, replies):
     top = os.path.dirname(root)
     fresh_file_system(root, root + RUN_DIR, uid, bound)
     fresh_file_system(root, top + NEXT, uid, bound)
+    sockstat = os.open("/proc/self/net/sockstat", os.O_RDONLY)      # of the namespace this shares with programs
     os.write(replies, READY)
     while os.read(requests, 1) == DONE:
         _move(root + RUN_DIR, top + LAST)
         _move(top + NEXT, root + RUN_DIR)
+        no_socket_left(sockstat)
         os.write(replies, READY)
         check(libc.umount2((top + LAST).encode(), MNT_DETACH), "umount the last program's tmpfs")
         fresh_file_system(root, top + NEXT, uid, bound)
+
+
+SOCKET_GRACE = 5.0           # seconds for the kernel to free what a program's processes left in flight
+
+
+def no_socket_left(sockstat):
+    """Returns once no socket is left in the network namespace of the worker's programs (`sockstat`: an
+    fd of its /proc/net/sockstat; the worker and this process hold none there). A socket outlives all
+    its program's processes when it is in flight: its fd sent over a unix socket that is itself only in
+    flight (a cycle), until the kernel's garbage collector runs, which closing any unix socket starts.
+    Until then an abstract unix address or a port it holds would tell the next program a bit."""
+    end = time.monotonic() + SOCKET_GRACE
+    while int(os.pread(sockstat, 64, 0).split()[2]):      # "sockets: used N"
+        if time.monotonic() > end:
+            raise RuntimeError(f"sockets of a program were not freed within {SOCKET_GRACE} s")
+        for side in socket.socketpair():
+            side.close()
+        time.sleep(0.001)
 
 
 def _mount_tmpfs(path, options):
@@ -304,6 +326,9 @@ BLOCKED_SYSCALLS = {
     "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159, "sethostname": 170,
     "setdomainname": 171, "vhangup": 153, "uselib": 134, "ustat": 136, "sysfs": 139, "_sysctl": 156,
     "nfsservctl": 180,
+    # the page cache of the root's files, shared by every program: saying which pages it holds, or dropping
+    # them (madvise's MADV_COLD and MADV_PAGEOUT, and preadv2/pwritev2 with RWF_NOWAIT, are refused by argument)
+    "fadvise64": 221, "mincore": 27, "cachestat": 451, "io_setup": 206,
     # NUMA placement (other processes' memory, the machine's balance)
     "mbind": 237, "set_mempolicy": 238, "migrate_pages": 256, "move_pages": 279,
     # System V IPC and POSIX message queues: objects that outlive the process (the worker's IPC namespace
@@ -312,7 +337,9 @@ BLOCKED_SYSCALLS = {
     "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
     "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
 }
-NR_CLONE, NR_CLONE3 = 56, 435
+NR_CLONE, NR_CLONE3, NR_MADVISE, NR_PREADV2, NR_PWRITEV2 = 56, 435, 28, 327, 328
+MADV_COLD, MADV_PAGEOUT, RWF_NOWAIT = 20, 21, 0x8
+ARG = 16                     # offset of the first argument (the low half of each 8 bytes) in seccomp_data
 # clone flags that would make new namespaces (a new user namespace would give back mount and more)
 CLONE_NAMESPACES = 0x00020000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x02000000 | 0x80
 AUDIT_ARCH_X86_64, X32_SYSCALL_BIT = 0xC000003E, 0x40000000
@@ -329,7 +356,8 @@ def seccomp_filter():
     """The filter as a prctl argument (the worker loads it once; every program's process inherits it).
     Another architecture or the x32 ABI kills the process: the numbers below are x86_64's. clone3
     fails with ENOSYS (its flags are behind a pointer a filter cannot read), so the C library falls
-    back to clone, whose namespace flags fail with EPERM. None on another machine. The blocked
+    back to clone, whose namespace flags fail with EPERM, as do madvise's MADV_COLD and MADV_PAGEOUT and
+    preadv2's and pwritev2's RWF_NOWAIT (the page cache, below). None on another machine. The blocked
     numbers are found by binary search: the kernel runs the filter for every system call number
     when it loads it (to cache the always-allowed ones), which a linear list makes 4x slower."""
     if platform.machine() != "x86_64":
@@ -338,17 +366,24 @@ def seccomp_filter():
             (LD_ABS, 0, 0, 0), (JGE, 0, 1, X32_SYSCALL_BIT), (RET, 0, 0, RET_KILL_PROCESS),      # nr
             (JEQ, 0, 1, NR_CLONE3), (RET, 0, 0, RET_ERRNO | ENOSYS)]
     code += _search(sorted(BLOCKED_SYSCALLS.values()))
-    code += [("other",), (JEQ, 0, 3, NR_CLONE), (LD_ABS, 0, 0, 16), (JSET, 0, 1, CLONE_NAMESPACES),   # clone's flags
-             ("deny",), (RET, 0, 0, RET_ERRNO | EPERM), (RET, 0, 0, RET_ALLOW)]
+    code += [("other",),
+             (JEQ, 0, "madvise", NR_CLONE), (LD_ABS, 0, 0, ARG + 0), (JSET, "deny", "allow", CLONE_NAMESPACES),
+             ("madvise",),                # advice: dropping a file's pages from the page cache
+             (JEQ, 0, "rw", NR_MADVISE), (LD_ABS, 0, 0, ARG + 2 * 8),
+             (JEQ, "deny", 0, MADV_COLD), (JEQ, "deny", "allow", MADV_PAGEOUT),
+             ("rw",),                     # flags: a read that says whether the page was cached
+             (JEQ, "flags", 0, NR_PREADV2), (JEQ, 0, "allow", NR_PWRITEV2),
+             ("flags",), (LD_ABS, 0, 0, ARG + 5 * 8), (JSET, "deny", "allow", RWF_NOWAIT),
+             ("deny",), (RET, 0, 0, RET_ERRNO | EPERM), ("allow",), (RET, 0, 0, RET_ALLOW)]
     labels, resolved = {}, []
-    for instruction in code:              # jumps to "deny" and "other" become offsets (forward only)
+    for instruction in code:              # jumps to labels become offsets (forward only)
         if len(instruction) == 1:
             labels[instruction[0]] = len(resolved)
         else:
             resolved.append(instruction)
     program = b""
     for i, (op, jt, jf, k) in enumerate(resolved):
-        jt, k = (labels[x] - i - 1 if isinstance(x, str) else x for x in (jt, k))
+        jt, jf, k = (labels[x] - i - 1 if isinstance(x, str) else x for x in (jt, jf, k))
         program += struct.pack("=HBBI", op, jt, jf, k)
     fprog = _SockFprog(len(resolved), program)
     fprog.keep = program                  # the buffer lives as long as the struct

@@ -237,16 +237,16 @@ class Worker:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for kind, value in self.limits:
             resource.setrlimit(kind, value)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))    # SIGKILL at it: SIGXCPU could be ignored
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         os.chdir(workdir or WORK_DIR)
         become(self.uid, inherited=self.root is not None)
 
     def watch(self, pid, outputs, started, deadline, cpu, cpu_end):
         """Waits for the program's process to exit or the deadline to pass; then kills and reaps
         everything it started, so that nothing writes to `outputs` any more. A timeout: past the
-        deadline, killed at the process's RLIMIT_CPU (`cpu` s), or past `cpu_end` of this process's children's
-        CPU, which counts every process of the program once it is reaped (its forks each had an
-        RLIMIT_CPU of their own)."""
+        deadline, stopped by the process's RLIMIT_CPU (`cpu` s, SIGXCPU, or SIGKILL a second later for
+        one that ignores it), or past `cpu_end` of this process's children's CPU, which counts every
+        process of the program once it is reaped (each fork has an RLIMIT_CPU of its own)."""
         pidfd = os.pidfd_open(pid)
         try:
             timed_out = not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]
@@ -262,11 +262,12 @@ class Worker:
         report = {"status": "ok", "error_type": "", "message": "", "seconds": round(seconds, 4),
                   "memory": usage.ru_maxrss * 1024, "seen": seen, "sizes": [min(n, m) for n, m in zip(seen, limits)]}
         cpu_seconds = usage.ru_utime + usage.ru_stime
-        if timed_out or children_cpu() > cpu_end or (
-                os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and cpu_seconds >= cpu):
+        signalled = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        if timed_out or children_cpu() > cpu_end or signalled == signal.SIGXCPU or (
+                signalled == signal.SIGKILL and cpu_seconds >= cpu):
             report.update(status="timeout", error_type="Timeout", message="time limit exceeded")
-        elif os.WIFSIGNALED(status):
-            name = signal.Signals(os.WTERMSIG(status)).name
+        elif signalled is not None:
+            name = signal.Signals(signalled).name
             report.update(status="crash", error_type=name, message=f"killed by {name}")
         elif os.WEXITSTATUS(status) != 0:
             report.update(status="crash", error_type="ProgramExited",
