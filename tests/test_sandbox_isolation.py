@@ -152,7 +152,8 @@ def probe(keyring):
              "userfaultfd": (323, 0),
              "perf_event_open": (298, None, 0, -1, -1, 0),
              "io_uring_setup": (425, 1, None),
-             "process_vm_readv": (310, os.getpid(), None, 0, None, 0, 0)}
+             "process_vm_readv": (310, os.getpid(), None, 0, None, 0, 0),
+             "listmount": (458, None, None, 0, 0)}                 # no request: EFAULT (ENOSYS before Linux 6.8)
     errors = {}
     for name in PROBED:
         number, *args = calls[name]
@@ -166,10 +167,10 @@ def probe(keyring):
 # In this order: clone before unshare (a process in a new user namespace has no uid mapping yet, and
 # could not clone one).
 PROBED = ["add_key", "keyctl", "request_key", "personality", "clone", "unshare", "mount", "bpf", "userfaultfd",
-          "perf_event_open", "io_uring_setup", "process_vm_readv", "ptrace"]
+          "perf_event_open", "io_uring_setup", "process_vm_readv", "ptrace", "listmount"]
 # Not refused to anyone without a filter (the keyring calls in a fresh session keyring of the probe's own).
 OPEN_WITHOUT_FILTER = ["add_key", "keyctl", "request_key", "personality", "clone", "unshare", "process_vm_readv",
-                       "ptrace"]
+                       "ptrace", "listmount"]
 
 
 def test_the_probed_calls_succeed_without_the_filter():
@@ -182,7 +183,8 @@ def test_the_probed_calls_succeed_without_the_filter():
 
 def test_keyrings_and_escapes_fail_with_eperm_in_the_sandbox():
     """The user's keyring (KEY_SPEC_USER_KEYRING: shared by every program of the uid and kept across
-    sandboxes), tracing, namespaces, mounts, bpf, userfaultfd, perf, io_uring, other processes' memory."""
+    sandboxes), tracing, namespaces, mounts and the mount tree, bpf, userfaultfd, perf, io_uring, other
+    processes' memory."""
     with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
         [result] = box.run([f"PROBED = {PROBED!r}\n" + PROBE + "def f(): return probe(-4)"],
                            UnitTests([ValueTest("f()", dict.fromkeys(PROBED, 1))]))         # EPERM

@@ -315,7 +315,8 @@ BLOCKED_SYSCALLS = {
     # leaving the namespaces and root the sandbox built
     "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161,
     "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-    "mount_setattr": 442, "open_by_handle_at": 304, "name_to_handle_at": 303,
+    "mount_setattr": 442, "open_tree_attr": 467, "statmount": 457, "listmount": 458, "open_by_handle_at": 304,
+    "name_to_handle_at": 303,
     # the kernel's large attack surfaces and tracing
     "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
     "io_uring_register": 427, "fanotify_init": 300, "lookup_dcookie": 212,

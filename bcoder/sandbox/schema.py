@@ -46,7 +46,8 @@ class UnitTests:
     tests (MBPP `test_setup_code`; HumanEval's prompt helpers and `test` code). `names` are the
     names the tests take from the program (the entry point and any class or function an assert
     uses), each a proxy in the judge; by default every name the test code reads that is not a
-    builtin, a standard module or defined by the setup. `apps` turns on the APPS harness
+    builtin, a standard module or defined by the setup (pass them for rewards: a test's `np` left to
+    that default is the program's to define, and so is what `np.isclose` says). `apps` turns on the APPS harness
     conventions: its preamble imports and a top-level `return` (how answers are compared is
     SandboxConfig.answers). Stdio tests may not mix with
     the others."""
