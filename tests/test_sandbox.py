@@ -5,7 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest, run_programs
+from bcoder.sandbox import (
+    AssertTest,
+    CallTest,
+    Sandbox,
+    SandboxConfig,
+    StdioTest,
+    UnitTests,
+    ValueTest,
+    pool,
+    run_programs,
+)
 
 DOUBLE = UnitTests([ValueTest("f(2)", 4), AssertTest("assert f(3) == 6")])
 
@@ -56,6 +66,28 @@ def test_a_program_interrupts_itself_as_in_plain_python(sandbox):
                "        signal.pause()\n    except KeyboardInterrupt:\n        return 'interrupted'")
     [result] = sandbox.run([program], UnitTests([ValueTest("f(0)", "interrupted")]))
     assert result.outcome == "passed", result.tests
+
+
+def test_a_program_killed_by_a_real_time_signal_crashed_and_its_worker_did_not():
+    with Sandbox(SandboxConfig(timeout=2), workers=1) as box:
+        worker = box.slots[0].worker.process.pid
+        [result] = box.run(["import os\ndef f(x):\n    os.kill(os.getpid(), 40)"], DOUBLE)   # SIGRTMIN + 6: no name
+        assert box.slots[0].worker.process.pid == worker
+    assert (result.outcome, result.error_type) == ("runtime_error", "signal 40")
+
+
+def test_a_run_left_by_an_exception_leaves_the_pool_usable(monkeypatch):
+    """A slot whose replies were not all read when run() was left is restarted: the rest of its worker's
+    reply would otherwise be read as the next message, and the pool hang."""
+    with Sandbox(SandboxConfig(timeout=2), workers=2) as box:
+        def fail(*_):
+            raise RuntimeError("reading a report")
+        with monkeypatch.context() as patch:
+            patch.setattr(pool, "read_report", fail)
+            with pytest.raises(RuntimeError, match="reading a report"):
+                box.run(["def f(x): return 2 * x"] * 4, DOUBLE)
+        assert [slot.job for slot in box.slots] == [None, None]
+        assert [r.outcome for r in box.run(["def f(x): return 2 * x"] * 4, DOUBLE)] == ["passed"] * 4
 
 
 def test_value_comparison_follows_python_for_builtin_types(sandbox):

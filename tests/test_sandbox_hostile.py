@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, UnitTests, ValueTest
+from bcoder.sandbox import AssertTest, CallTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
 
 F = "\ndef f(x): return 2 * x\n"                 # a correct solution hostile programs append
 DOUBLE = UnitTests([ValueTest("f(2)", 4)])
@@ -74,6 +74,9 @@ HOSTILE = {
                        "def f(x): return Evil()\n" + EVIL, DOUBLE, "runtime_error"),
     "forge_result_channel": ("import os\nos.write(3, b'[\"probe\", 0, [\"ok\", 4]]\\n[\"done\"]\\n')\nos._exit(0)" + F,
                              DOUBLE, "runtime_error"),
+    # Its status lines are its to write: one nested past the JSON decoder's recursion limit, after a right answer
+    "nested_status_line": ("import os\nprint(2 * int(input()))\nos.write(3, b'[' * 100000 + b'\\n')",
+                           UnitTests([StdioTest("2\n", "4\n")]), "passed"),
     "close_result_channel": ("import os\nos.close(3)" + F, DOUBLE, "runtime_error"),
     # Its parent, the worker, is root's (as root) or its PID namespace's init (without): no signal reaches it.
     "kill_parent": ("import os, signal\ntry: os.kill(os.getppid(), signal.SIGKILL)\nexcept PermissionError: pass" + F,

@@ -270,6 +270,10 @@ class Sandbox:
         finally:
             selector.close()
             bar.close()
+            for index, slot in enumerate(self.slots):
+                if slot.job is not None:  # left mid-run (an exception, Ctrl-C): its replies were not all read
+                    slot.close(kill=True)
+                    self.slots[index] = _Slot(self.config, index)
         return results
 
     @staticmethod

@@ -267,7 +267,10 @@ class Worker:
                 signalled == signal.SIGKILL and cpu_seconds >= cpu):
             report.update(status="timeout", error_type="Timeout", message="time limit exceeded")
         elif signalled is not None:
-            name = signal.Signals(signalled).name
+            try:
+                name = signal.Signals(signalled).name
+            except ValueError:            # the real-time signals between SIGRTMIN and SIGRTMAX have none
+                name = f"signal {signalled}"
             report.update(status="crash", error_type=name, message=f"killed by {name}")
         elif os.WEXITSTATUS(status) != 0:
             report.update(status="crash", error_type="ProgramExited",
@@ -337,7 +340,7 @@ def _message(line):
     """A status line [kind, type, message] as strings, or None for anything else."""
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):   # the program writes these lines as it likes: "[[[[..."
         return None
     if not isinstance(message, list) or len(message) != 3:
         return None
