@@ -10,6 +10,7 @@ user (tests/test_sandbox_unprivileged.py runs this suite as nobody).
 """
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -443,6 +444,37 @@ def test_sockets_in_flight_carry_nothing_to_the_next_program():
         results = box.run([source + "write(0xBEEF)\ndef secret(): return 0", source + "secret = read"] * 3,
                           UnitTests([ValueTest("secret()", 0)], names=("secret",)))
     assert [r.outcome for r in results] == ["passed"] * 6, [r.tests[0].message for r in results]
+
+
+# 12 bits in the PID namespace's counter: a program starts threads until the next free pid is the number
+# it means, mod 4096, and the next program reads its own pid
+PID_WRITE = """
+import threading
+def write(secret):
+    while True:
+        thread = threading.Thread(target=int)
+        thread.start()
+        thread.join()
+        if (thread.native_id + 1) % 4096 == secret:
+            return
+"""
+PID_READ = "import os\nlearned = os.getpid() % 4096\n"
+
+
+def test_pids_carry_nothing_to_the_next_program():
+    shell = f"{sys.executable} -c {shlex.quote(PID_WRITE + 'write(1234)')}; {sys.executable} -c " + \
+        shlex.quote(PID_READ + "print(learned)")
+    plain = subprocess.run(["unshare", "--user", "--map-root-user", "--pid", "--fork", "sh", "-c", shell],
+                           capture_output=True, text=True, check=True, timeout=120).stdout
+    assert plain == "1234\n"             # between plain processes in a PID namespace of their own
+    secrets = [1234, 2345]
+    programs = [source for secret in secrets for source in (PID_WRITE + f"write({secret})\ndef f(): return 0",
+                                                             PID_READ + "def f(): return learned")]
+    suites = [UnitTests([ValueTest("f()", secret)], names=("f",)) for secret in secrets for _ in range(2)]
+    with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
+        results = box.run(programs, suites)
+    learned = [r.outcome == "passed" for r in results[1::2]]
+    assert learned != [True, True], [r.tests[0].message for r in results]    # (by chance: one in 4096 each)
 
 
 def test_the_page_cache_carries_nothing_to_the_next_program():

@@ -255,22 +255,25 @@ def become(uid, inherited=False):
     """Drops to `uid` (None: stays this user) and dies with the parent. What holds for good (no
     capability where the uid is 0, no new privileges) is lock_privileges'. `inherited`: in a process
     forked from one that called lock_privileges (so it holds no supplementary group) and is the init
-    of a PID namespace (whose processes all die with it): only the uid is left to drop."""
+    of a PID namespace (whose processes all die with it): only the uid is left to drop, or with `uid`
+    None, any capability lock_privileges kept."""
     if uid is not None:
         if not inherited:
             os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+    elif inherited:
+        check(libc.capset(CAPABILITY_HEADER, NO_CAPABILITIES), "capset")
     if not inherited:
         libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)      # SIGKILL
 
 
-def lock_privileges(uid):
+def lock_privileges(uid, keep=()):
     """This process and all it starts can never gain privileges, and where they stay uid 0 (`uid` None:
-    of a user namespace, or root unisolated) they hold no capability (a uid `uid` set by become holds
-    none either)."""
+    of a user namespace, or root unisolated) they hold no capability but those in `keep`, which none
+    of them can gain by an execve, and which become drops (a uid `uid` set by become holds none)."""
     if uid is None and os.getuid() == 0:
-        drop_capabilities()
+        drop_capabilities(keep)
     elif uid is not None and os.geteuid() == 0:
         os.setgroups([])                  # none for the processes that become `uid`
     prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")
@@ -281,16 +284,42 @@ PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 2
 SECURE_BITS = 0b11101111
 
 
-def drop_capabilities():
-    """Uid 0 of a user namespace without any capability, now or after an execve (which would give
-    uid 0 all of them back): the bounding set emptied, root's special treatment off and locked."""
+CAPABILITY_HEADER = struct.pack("=Ii", 0x20080522, 0)    # _LINUX_CAPABILITY_VERSION_3, this process
+NO_CAPABILITIES = bytes(24)        # effective, permitted, inheritable of capabilities 0-31, then of 32-63
+CAP_CHECKPOINT_RESTORE = 40        # (Linux 5.9) among others, to set its PID namespace's ns_last_pid
+
+
+def drop_capabilities(keep=()):
+    """Uid 0 of a user namespace without any capability but `keep` (effective and permitted), now or
+    after an execve (which would give uid 0 all of them back): the bounding set emptied, root's special
+    treatment off and locked."""
     for cap in range(64):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break                         # past the kernel's last capability
     prctl(PR_SET_SECUREBITS, SECURE_BITS, "prctl(PR_SET_SECUREBITS)")
     libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = struct.pack("=Ii", 0x20080522, 0)    # _LINUX_CAPABILITY_VERSION_3, this process
-    check(libc.capset(header, bytes(24)), "capset")
+    words = [0] * 6
+    for cap in keep:
+        words[3 * (cap // 32)] |= 1 << cap % 32
+        words[3 * (cap // 32) + 1] |= 1 << cap % 32
+    check(libc.capset(CAPABILITY_HEADER, struct.pack("=6I", *words)), "capset")
+
+
+class PidCounter:
+    """The PID namespace's counter, set to a random value before each program's process is forked:
+    otherwise the pid a program gets tells how many processes and threads the programs before it
+    started, which they choose (12 bits a program, measured, through HumanEval's `check`). Needs
+    CAP_CHECKPOINT_RESTORE (or root) over the namespace when it writes (PermissionError: a kernel before
+    Linux 5.9, without root); the file is opened here, before the root without /proc."""
+
+    def __init__(self):
+        self.fd = os.open("/proc/sys/kernel/ns_last_pid", os.O_WRONLY)
+        with open("/proc/sys/kernel/pid_max") as f:
+            self.pid_max = int(f.read())
+
+    def scramble(self):
+        """The next pid in this process's namespace: uniform over 2 .. pid_max - 1."""
+        os.pwrite(self.fd, b"%d" % (1 + int.from_bytes(os.urandom(4), "little") % (self.pid_max - 2)), 0)
 
 
 def user_namespaces():

@@ -44,11 +44,13 @@ import time
 
 from bcoder.sandbox import messages, program
 from bcoder.sandbox.isolation import (
+    CAP_CHECKPOINT_RESTORE,
     DONE,
     PR_SET_CHILD_SUBREAPER,
     READY,
     ROOT_PREFIX,
     WORK_DIR,
+    PidCounter,
     become,
     in_scratch,
     install_seccomp,
@@ -126,6 +128,7 @@ class Worker:
         else:
             self.work = new_directory(ROOT_PREFIX, 0o711)
         program.add_site_builtins()
+        self.pids = PidCounter() if self.root else None
         if self.root:                     # every program's root: it is never outside it, nor is this process
             os.chroot(self.root)
             os.chdir("/")
@@ -133,7 +136,15 @@ class Worker:
         # line of a program's, and it needs no capability from here on unless it is root, to drop each
         # program to its uid): no capability where programs stay uid 0, no new privileges, and the
         # seccomp filter (which can be added to, never taken off).
-        lock_privileges(self.uid)
+        try:                              # (without root, the one capability the PID counter needs)
+            lock_privileges(self.uid, keep=(CAP_CHECKPOINT_RESTORE,) if self.pids else ())
+        except OSError:                   # a kernel before 5.9 has no CAP_CHECKPOINT_RESTORE
+            lock_privileges(self.uid)
+        if self.pids:
+            try:
+                self.pids.scramble()
+            except PermissionError:       # not without root there: programs may talk through pids
+                self.pids = None
         install_seccomp(seccomp)
         self.limits = [(kind, (value, value)) for kind, value in (
             (resource.RLIMIT_AS, config["memory_limit"]), (resource.RLIMIT_NPROC, config["max_processes"]),
@@ -144,7 +155,7 @@ class Worker:
         gc.freeze()                       # keeps forked children from copying GC'd pages
 
     def serve(self):
-        messages.send(self.sock, {"isolated": self.root is not None,
+        messages.send(self.sock, {"isolated": self.root is not None, "pids_scrambled": self.pids is not None,
                                   "tmp": os.path.dirname(self.root) if self.root else self.work})
         while True:
             request, fds = messages.receive(self.sock)
@@ -206,6 +217,8 @@ class Worker:
             os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         high = high_copies(fds)
         cpu = math.ceil(cpu_end - children_cpu())      # RLIMIT_CPU counts whole seconds
+        if self.pids:
+            self.pids.scramble()
         pid = os.fork()
         if pid == 0:
             code = 1
