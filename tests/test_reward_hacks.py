@@ -366,7 +366,9 @@ def test_nothing_persists_from_one_program_to_the_next():
             "    return len(found) + (ctypes.CDLL(None).shmget(4242, 0, 0) >= 0) + "
             "(ctypes.CDLL(None).syscall(249, b'user', b'learned', None, 0) > 0)\n")       # request_key
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
-        results = box.run([leave, find], UnitTests([ValueTest("square(1)", 0)], names=("square",)))
+        # one call each, in this order (a call runs its programs in a random one)
+        results = [box.run([program], UnitTests([ValueTest("square(1)", 0)], names=("square",)))[0]
+                   for program in (leave, find)]
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].message
 
 
@@ -441,8 +443,8 @@ def test_sockets_in_flight_carry_nothing_to_the_next_program():
     assert f"{0xBEEF}\n" in read, read
     source = f"TAG = {os.urandom(6).hex().encode()!r}\n" + IN_FLIGHT
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
-        results = box.run([source + "write(0xBEEF)\ndef secret(): return 0", source + "secret = read"] * 3,
-                          UnitTests([ValueTest("secret()", 0)], names=("secret",)))
+        results = [box.run([program], UnitTests([ValueTest("secret()", 0)], names=("secret",)))[0]   # in this order
+                   for program in [source + "write(0xBEEF)\ndef secret(): return 0", source + "secret = read"] * 3]
     assert [r.outcome for r in results] == ["passed"] * 6, [r.tests[0].message for r in results]
 
 
@@ -472,7 +474,7 @@ def test_pids_carry_nothing_to_the_next_program():
                                                              PID_READ + "def f(): return learned")]
     suites = [UnitTests([ValueTest("f()", secret)], names=("f",)) for secret in secrets for _ in range(2)]
     with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
-        results = box.run(programs, suites)
+        results = [box.run([program], suite)[0] for program, suite in zip(programs, suites)]    # in this order
     learned = [r.outcome == "passed" for r in results[1::2]]
     assert learned != [True, True], [r.tests[0].message for r in results]    # (by chance: one in 4096 each)
 
@@ -484,8 +486,8 @@ def test_the_page_cache_carries_nothing_to_the_next_program():
     plain("write(0xBEEF)")
     assert plain("print(read())") == f"{0xBEEF}\n"          # the channel, between plain processes
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
-        results = box.run([PAGE_CACHE + "write(0xBEEF)\ndef secret(): return 0", PAGE_CACHE + "secret = read"],
-                          UnitTests([ValueTest("secret()", 0)], names=("secret",)))
+        results = [box.run([program], UnitTests([ValueTest("secret()", 0)], names=("secret",)))[0]   # in this order
+                   for program in (PAGE_CACHE + "write(0xBEEF)\ndef secret(): return 0", PAGE_CACHE + "secret = read")]
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].tests[0].message
 
 

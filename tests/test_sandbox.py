@@ -54,6 +54,17 @@ def test_results_keep_input_order_across_workers(sandbox):
     assert [r.outcome for r in results] == ["passed"] * 12
 
 
+def test_programs_run_in_an_order_nobody_can_predict():
+    """So that no program knows which runs after it on its slot (the channels no sandbox closes, as time,
+    then reach a stranger's program). Each program prints when it started; results stay in input order."""
+    with Sandbox(SandboxConfig(timeout=2), workers=1) as box:
+        results = box.run([f"import time\nprint(time.monotonic_ns(), {i})" for i in range(30)],
+                          UnitTests([StdioTest("", "0")]))
+    started = [int(r.stdout.split()[0]) for r in results]
+    assert [int(r.stdout.split()[1]) for r in results] == list(range(30))
+    assert started != sorted(started)     # (in input order by chance: one in 30!)
+
+
 def test_one_broken_case_does_not_shift_others(sandbox):
     suites = [DOUBLE, UnitTests([ValueTest("f(", 1)]), DOUBLE]   # an expression that does not parse
     results = sandbox.run(["def f(x): return 2 * x"] * 3, suites)
@@ -209,7 +220,8 @@ def test_without_isolation_programs_still_run_and_leftovers_die(tmp_path):
     killer = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef f(x): return 2 * x"
     with Sandbox(SandboxConfig(timeout=2, isolate=False), workers=1) as box:
         assert not box.isolated
-        results = box.run([daemon, killer, "def f(x): return 2 * x"], DOUBLE)
+        # one call each, in this order (a call runs its programs in a random one)
+        results = [box.run([program], DOUBLE)[0] for program in (daemon, killer, "def f(x): return 2 * x")]
     assert [r.outcome for r in results] == ["passed", "runtime_error", "passed"]
     assert results[1].error_type == "HarnessError"        # it killed its worker; the pool went on
     daemon_pid = int(pid_file.read_text())

@@ -10,7 +10,7 @@ API
     results[0].outcome, results[0].reward     # "passed", 1.0
 
 `run_programs(programs, tests, *, timeout=10.0, workers=None, progress=None, **limits)`
-returns one `ProgramResult` per program, in input order: `outcome` (passed +1.0, failed -0.3,
+returns one `ProgramResult` per program, in input order (they run in a random one): `outcome` (passed +1.0, failed -0.3,
 runtime_error -0.6, compile_error -1.0; docs/method.md#rewards), `reward`, `tests` (one `TestResult`
 per case: passed, failed, error, timeout, not_run), `error_type`, `message` (truncated),
 `seconds`, `peak_memory`, `stdout`/`stderr` (capped). `tests` is one `UnitTests` per program

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import random
 import selectors
 import site
 import socket
@@ -211,7 +212,7 @@ class Sandbox:
         return all(slot.isolated for slot in self.slots)
 
     def run(self, programs, tests, progress=None):
-        """One ProgramResult per program, in input order. `tests` is one UnitTests per
+        """One ProgramResult per program, in input order (they run in a random one). `tests` is one UnitTests per
         program, or a single UnitTests shared by all of them."""
         programs = list(programs)
         if isinstance(tests, UnitTests):
@@ -232,7 +233,12 @@ class Sandbox:
                     spec, timeout=self.config.timeout, answers=self.config.answers)).encode()}
         results = [None] * len(programs)
         bar = self._progress_bar(len(programs), progress)
-        pending = deque(range(len(programs)))
+        # In an order nobody can predict: which program runs after which on a slot is then no program's to
+        # know, and what one leaves in the channels no sandbox closes (time, the kernel's counters) reaches
+        # a stranger's program, most often another problem's.
+        order = list(range(len(programs)))
+        random.SystemRandom().shuffle(order)
+        pending = deque(order)
         selector = selectors.DefaultSelector()
         for slot in self.slots:
             self._register(selector, slot)
