@@ -122,21 +122,23 @@ def results():
     VICTIM_DIR.mkdir(mode=0o700)
     VICTIM.write_text("original")
     VICTIM.chmod(0o644)
-    with Sandbox(SandboxConfig(timeout=1.5, memory_limit=1 << 30), workers=2) as box:
-        assert box.isolated
-        programs, tests, _ = zip(*HOSTILE.values())
-        outcomes = dict(zip(HOSTILE, box.run(programs, tests)))
-        after = box.run(["def f(x): return 2 * x"] * 4, DOUBLE)     # the pool still works
-        # Below each worker process: the worker proper (the init of its PID namespace), and nothing else
-        # (another pool on the machine may use the same uids).
-        workers = {slot.worker.process.pid for slot in box.slots}
-        leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _descends_from(p, workers)
-                     and _parent(p) not in workers]
-        pids = [process.process.pid for slot in box.slots for process in (slot.worker, slot.judge)]
-    yield outcomes, after, leftovers, pids
-    VICTIM.unlink()
-    VICTIM_DIR.rmdir()
-    LISTENER.close()
+    try:                                  # (removed whatever happens: it is made in the checkout)
+        with Sandbox(SandboxConfig(timeout=1.5, memory_limit=1 << 30), workers=2) as box:
+            assert box.isolated
+            programs, tests, _ = zip(*HOSTILE.values())
+            outcomes = dict(zip(HOSTILE, box.run(programs, tests)))
+            after = box.run(["def f(x): return 2 * x"] * 4, DOUBLE)     # the pool still works
+            # Below each worker process: the worker proper (the init of its PID namespace), and nothing else
+            # (another pool on the machine may use the same uids).
+            workers = {slot.worker.process.pid for slot in box.slots}
+            leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _descends_from(p, workers)
+                         and _parent(p) not in workers]
+            pids = [process.process.pid for slot in box.slots for process in (slot.worker, slot.judge)]
+        yield outcomes, after, leftovers, pids
+    finally:
+        VICTIM.unlink(missing_ok=True)
+        VICTIM_DIR.rmdir()
+        LISTENER.close()
 
 
 def test_there_are_at_least_30_hostile_programs(results):
