@@ -59,21 +59,27 @@ def per_program_ms(box, program, tests, n=400):
     return (time.perf_counter() - start) / n * 1e3
 
 
+def _stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command's name (the first is the state, then the parent)."""
+    return [int(field) if field.lstrip("-").isdigit() else field
+            for field in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()]
+
+
 def _stat(pid):
     """(minor faults, reaped children's minor faults, CPU ticks, reaped children's CPU ticks) of a process."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(fields[7]), int(fields[8]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+    fields = _stat_fields(pid)
+    return fields[7], fields[8], fields[11] + fields[12], fields[13] + fields[14]
 
 
 def _children(pid):
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _stat_parent(p) == pid]
-
-
-def _stat_parent(pid):
-    try:
-        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError):
-        return None
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and _stat_fields(entry)[1] == pid:
+                children.append(int(entry))
+        except OSError:                   # it ended meanwhile
+            continue
+    return children
 
 
 def per_process(box, program, tests, n=1000):

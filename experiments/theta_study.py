@@ -137,13 +137,14 @@ def main(argv=None):
              "|" + "---|" * (len(keys) + 4 + len(baselines))]
     for name, (flags, per_seed, pairs) in rows.items():
         wins = lambda key: sum((r[key] or 0) > 0 for r in per_seed)
-        cells = [mean_std([r[k] for r in per_seed]) for k in keys]
+        means = [mean_std([r[k] for r in per_seed]) for k in keys]
+        problems = []
         for baseline in baselines:
             won, lost = (sum(counts[baseline][i] for counts in pairs) for i in (0, 1))
-            cells.append(f"{won} / {lost} (p {sign_test(won, lost):.2f})")
-        lines.append(f"| {name} | `{flags or '(tiny)'}` | " + " | ".join(cells[:len(keys)]) +
+            problems.append(f"{won} / {lost} (p {sign_test(won, lost):.2f})")
+        lines.append(f"| {name} | `{flags or '(tiny)'}` | " + " | ".join(means) +
                      f" | {wins('θ − control')}/{len(per_seed)} | {wins('θ R~ − best baseline')}/{len(per_seed)} | " +
-                     " | ".join(cells[len(keys):]) + " |")
+                     " | ".join(problems) + " |")
     table = "\n".join(lines)
     print(table)
     if args.table:

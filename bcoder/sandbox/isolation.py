@@ -310,7 +310,8 @@ class PidCounter:
     otherwise the pid a program gets tells how many processes and threads the programs before it
     started, which they choose (12 bits a program, measured, through HumanEval's `check`). Needs
     CAP_CHECKPOINT_RESTORE (or root) over the namespace when it writes (PermissionError: a kernel before
-    Linux 5.9, without root); the file is opened here, before the root without /proc."""
+    Linux 5.9, without root); the file is opened here, before the root without /proc (OSError: /proc/sys
+    read-only, as in a container)."""
 
     def __init__(self):
         self.fd = os.open("/proc/sys/kernel/ns_last_pid", os.O_WRONLY)

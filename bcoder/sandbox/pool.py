@@ -203,9 +203,9 @@ class Sandbox:
                           "can read your files, the tests among them, and forge its reward; never use this for RL",
                           SandboxWarning, stacklevel=2)
         elif not all(slot.worker.hello["pids_scrambled"] for slot in self.slots):
-            warnings.warn("this kernel (before Linux 5.9) lets only root set a PID namespace's next pid: a program "
-                          "can tell the next one a number through the pids it takes; run as root or on a newer kernel",
-                          SandboxWarning, stacklevel=2)
+            warnings.warn("the sandbox cannot set its PID namespaces' next pid here (/proc/sys is read-only, as in a "
+                          "container, or the kernel is older than 5.9 and this is not root): a program can tell the "
+                          "next one a number through the pids it takes", SandboxWarning, stacklevel=2)
 
     @property
     def isolated(self):

@@ -128,7 +128,12 @@ class Worker:
         else:
             self.work = new_directory(ROOT_PREFIX, 0o711)
         program.add_site_builtins()
-        self.pids = PidCounter() if self.root else None
+        self.pids = None                  # set where the machine lets this process set its next pid
+        if self.root:
+            try:
+                self.pids = PidCounter()
+            except OSError:               # /proc/sys read-only, as in a container
+                pass
         if self.root:                     # every program's root: it is never outside it, nor is this process
             os.chroot(self.root)
             os.chdir("/")
@@ -143,7 +148,7 @@ class Worker:
         if self.pids:
             try:
                 self.pids.scramble()
-            except PermissionError:       # not without root there: programs may talk through pids
+            except PermissionError:       # a kernel before 5.9, without root
                 self.pids = None
         install_seccomp(seccomp)
         self.limits = [(kind, (value, value)) for kind, value in (
