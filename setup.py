@@ -1,4 +1,4 @@
-"""Builds bcoder and its native extension bcoder._C.
+"""Builds bcoder and its native extensions: bcoder._C (the fused op) and bcoder.sandbox._process.
 
 The CPU kernels are compiled for the build machine's vector width: AVX-512 or AVX2+FMA when
 /proc/cpuinfo reports them (set BCODER_CPU_CAPABILITY=DEFAULT for a portable build; see
@@ -11,7 +11,7 @@ import os
 import runpy
 
 import torch
-from setuptools import setup
+from setuptools import Extension, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 
@@ -36,6 +36,10 @@ if torch.version.cuda is not None and CUDA_HOME is not None:
 else:
     extension = CppExtension("bcoder._C", cpu_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
 
+# The sandbox worker's side of each program run (plain C and the CPython API: it loads in the worker,
+# which imports nothing it does not need).
+sandbox_extension = Extension("bcoder.sandbox._process", ["csrc/sandbox_process.c"], extra_compile_args=["-O2"])
+
 setup(
     name="bcoder",
     version="0.1.0",
@@ -45,7 +49,7 @@ setup(
     # from the checkout's root, `import kernels` must find the installed `kernels` distribution.
     packages=["bcoder", "bcoder.sandbox", "bcoder.data", "bcoder.kernels"],
     package_data={"bcoder.data": ["files/*"]},
-    ext_modules=[extension],
+    ext_modules=[extension, sandbox_extension],
     cmdclass={"build_ext": BuildExtension},
     # Lower bounds: the first releases with the APIs used (torch 2.6: public FSDP2 `fully_shard` and
     # torch.library.triton_op; transformers 5: transformers.initialization; peft 0.17). No upper bounds:

@@ -1,4 +1,5 @@
 """The sandbox API: outcomes and rewards, test formats, result order, limits, reuse."""
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from bcoder.sandbox import (
     StdioTest,
     UnitTests,
     ValueTest,
+    _process,
     pool,
     run_programs,
 )
@@ -85,6 +87,16 @@ def test_a_program_killed_by_a_real_time_signal_crashed_and_its_worker_did_not()
         [result] = box.run(["import os\ndef f(x):\n    os.kill(os.getpid(), 40)"], DOUBLE)   # SIGRTMIN + 6: no name
         assert box.slots[0].worker.process.pid == worker
     assert (result.outcome, result.error_type) == ("runtime_error", "signal 40")
+
+
+def test_the_worker_names_every_signal_as_python_does():
+    """The worker's loop (C) names the signal that killed a program: as signal.Signals does, for all 64."""
+    for number in range(1, 65):
+        try:
+            expected = signal.Signals(number).name
+        except ValueError:
+            expected = f"signal {number}"
+        assert _process.signal_name(number) == expected
 
 
 def test_a_run_left_by_an_exception_leaves_the_pool_usable(monkeypatch):
@@ -187,6 +199,9 @@ def test_bad_arguments_are_clear_errors(sandbox):
         sandbox.run(["a", "b"], [DOUBLE])
     with pytest.raises(ValueError, match="cannot be mixed"):
         UnitTests([StdioTest("", ""), ValueTest("1", 1)])
+    for name in ("f(x)", "a\0b", "", 3):
+        with pytest.raises(ValueError, match="UnitTests.names: .* must be identifiers"):
+            UnitTests([ValueTest("f(1)", 1)], names=("g", name))
     with pytest.raises(ValueError, match="program 1: its UnitTests has no test cases"):
         sandbox.run(["a", "b"], [DOUBLE, UnitTests()])
     with pytest.raises(TypeError, match="program 0: expected str and UnitTests"):

@@ -12,6 +12,7 @@ import selectors
 import site
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from bcoder.sandbox.schema import (
     ValueTest,
 )
 from bcoder.sandbox.values import encode
-from bcoder.sandbox.worker import read_report
+from bcoder.sandbox.worker import REQUEST, read_report
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])     # the directory holding `bcoder`
 GRACE_SECONDS = 30        # a worker silent this long past a run's wall-clock limit is stuck
@@ -137,25 +138,22 @@ class _Slot:
         # The source and inputs go to the program's process as sealed memfds: the worker, which
         # every program is forked from, never holds a byte of them (worker.py), only their sizes.
         data = program.encode(errors="surrogatepass")
-        request = {"timeout": timeout, "wall": WALL_FACTOR * timeout, "apps": suite.apps, "stdin": None,
-                   "source": len(data)}
         source = messages.sealed(data)
         if isinstance(suite.cases[0], StdioTest):
             inputs = [case.input.encode(errors="surrogatepass") for case in suite.cases]
-            request["stdin"] = [len(data) for data in inputs]
             self.waiting = {"worker"}
             fds = [source, messages.sealed(b"".join(inputs))]
             try:
-                return self.worker.send(request, fds)
+                return self.worker.send(worker_request(timeout, suite.apps, len(data), [len(i) for i in inputs]), fds)
             finally:
                 for fd in fds:
                     os.close(fd)
-        request["names"] = spec["names"]
         calls, status = os.pipe(), os.pipe()
         try:
             self.waiting = {"worker", "judge"}
             self.judge.send(spec["encoded"], [calls[1], status[0]])
-            self.worker.send(request, [source, status[1], calls[0]])
+            self.worker.send(worker_request(timeout, suite.apps, len(data), names=spec["names"]),
+                             [source, status[1], calls[0]])
         finally:
             for fd in calls + status + (source,):
                 os.close(fd)
@@ -373,6 +371,13 @@ def _parse(code):
         return ast.parse(code)
     except (SyntaxError, ValueError):
         return ast.Module(body=[], type_ignores=[])
+
+
+def worker_request(timeout, apps, source_length, inputs=None, names=()):
+    """A request to a worker (worker.py): a call run, or a standard-input run with `inputs` (lengths)."""
+    encoded = "\0".join(names).encode()            # identifiers (UnitTests): none holds a NUL
+    return REQUEST.pack(timeout, WALL_FACTOR * timeout, apps, inputs is not None, len(inputs or ()), source_length,
+                        len(encoded)) + struct.pack(f"<{len(inputs or ())}Q", *(inputs or ())) + encoded
 
 
 def judge_request(suite):

@@ -59,6 +59,9 @@ class UnitTests:
     def __post_init__(self):
         object.__setattr__(self, "cases", tuple(self.cases))
         object.__setattr__(self, "names", tuple(self.names))
+        if bad := [name for name in self.names if not (isinstance(name, str) and name.isidentifier())]:
+            raise ValueError(f"UnitTests.names: the names the tests take from the program must be identifiers, "
+                             f"got {bad!r}")
         kinds = {type(case) for case in self.cases}
         if not kinds <= {ValueTest, AssertTest, CallTest, StdioTest}:
             raise TypeError(f"unknown test type(s): {kinds - {ValueTest, AssertTest, CallTest, StdioTest}}")
