@@ -5,7 +5,7 @@
  * Why C: every program's process is a fork of the worker, and each fork write-protects every page the
  * worker has written, so each page the worker writes before the next fork costs it a page fault. Python
  * writes to every object it touches (reference counts): the same loop in Python cost the worker some 200
- * faults and 0.75 ms of CPU per program, this one 14 faults and 0.35 ms (bench/RESULTS.md). It touches
+ * faults and 0.75 ms of CPU per program, this one 14-17 faults and 0.3-0.35 ms (bench/RESULTS.md). It touches
  * its own stack and a few buffers; the worker runs Python again only in a program's process (or to remove
  * an unisolated program's work directory). Plain C and the CPython API, no other library. */
 #define PY_SSIZE_T_CLEAN
@@ -131,6 +131,25 @@ static void close_all(const int *fds, int n) {
             close(fds[i]);
 }
 
+/* What this process learns of a program (how it ended: its exit code, the sizes of its output, its time and
+ * memory, each the program's to choose) must not outlive its reply: every later program is forked from here
+ * and can read this process's freed heap and dead stack in its own memory. So each buffer that held any of
+ * it is cleared before it is freed, and the stack below the loop once the reply is sent. */
+static void clear_and_free(void *buffer, size_t size) {
+    if (buffer != NULL)
+        explicit_bzero(buffer, size);
+    free(buffer);
+}
+
+#define STACK_CLEARED 16384   /* bytes below the loop's frame: more than the reply and printf's work take */
+/* The steps of the loop keep their frames below its own, where clear_stack reaches them. */
+#define NOT_INLINED __attribute__((noinline))
+
+NOT_INLINED static void clear_stack(void) {
+    char below[STACK_CLEARED];
+    explicit_bzero(below, sizeof below);
+}
+
 /* The signal's name as Python's signal.Signals names it ("signal N" where it has none). */
 static const char *const SIGNAL_NAMES[32] = {
     NULL, "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1",
@@ -172,8 +191,10 @@ struct request {
 
 static void free_request(struct request *request) {
     close_all(request->fds, REQUEST_FDS);
-    free(request->inputs);
-    free(request->names);
+    clear_and_free(request->inputs, sizeof(uint64_t) * (request->n_inputs + 1));
+    clear_and_free(request->names, request->names_length + 1);
+    request->inputs = NULL;
+    request->names = NULL;
 }
 
 /* Reads exactly `size` bytes; 0 at end of file, -1 on an error. */
@@ -200,7 +221,7 @@ static uint64_t little_endian(const unsigned char *bytes, int size) {
 
 /* The next request: 1, 0 once the pool has closed the socket, -1 with a Python error set. Framing as
  * messages.send's: a 4-byte big-endian length, the fds with it, then the body (worker.py's docstring). */
-static int receive_request(int sock, struct request *request) {
+NOT_INLINED static int receive_request(int sock, struct request *request) {
     unsigned char header[4], fixed[34];   /* the body's fixed part: struct "<ddBBIQI" */
     uint32_t size;
     union {
@@ -342,7 +363,7 @@ static int input_memfd(int inputs, uint64_t offset, uint64_t length) {
 /* Forks the process of one run and watches it to its end. Returns 0 in this process (`run` filled in),
  * 1 in the child (`child` set to what worker.py's program process takes), -1 with a Python error set.
  * `stdin`: the input's memfd (a standard-input run), which this closes, or -1 (/dev/null). */
-static int run_program(const struct slot *slot, const struct request *request, int stdin_fd, double deadline,
+NOT_INLINED static int run_program(const struct slot *slot, const struct request *request, int stdin_fd, double deadline,
                        double cpu_end, struct run *run, PyObject **child) {
     int n_outputs = request->stdio ? 3 : 2, n = 1 + n_outputs + (request->stdio ? 0 : 2);
     int fds[MAX_FDS], high[MAX_FDS], fork_errno, pidfd;
@@ -509,7 +530,7 @@ static long long sent_size(const struct slot *slot, const struct run *run, int i
 }
 
 /* The report of a run as JSON (worker.py's docstring). */
-static void append_report(char *text, size_t size, size_t *at, int first, const struct slot *slot,
+NOT_INLINED static void append_report(char *text, size_t size, size_t *at, int first, const struct slot *slot,
                           const struct run *run) {
     const char *status = "ok", *error_type = "";
     char message[64] = "", name[32];
@@ -554,8 +575,8 @@ static int send_all(int sock, const char *data, size_t size) {
 
 /* {"runs": [report, ...]}, then each run's outputs, the sizes its report says, copied from the memfds
  * by the kernel (sendfile: never read here); a file that shrank is padded with zeros. */
-static int send_reply(int sock, const struct slot *slot, const struct run *runs, int n_runs) {
-    size_t size = 64 + REPORT_SIZE * (size_t)n_runs, at = 4;
+NOT_INLINED static int send_reply(int sock, const struct slot *slot, const struct run *runs, int n_runs, int capacity) {
+    size_t size = 64 + REPORT_SIZE * (size_t)capacity, at = 4;     /* (sized by the request, not by the program) */
     char *text = (char *)malloc(size);
     if (text == NULL) {
         PyErr_NoMemory();
@@ -570,7 +591,7 @@ static int send_reply(int sock, const struct slot *slot, const struct run *runs,
                                (unsigned char)(length >> 8), (unsigned char)length};
     memcpy(text, header, 4);
     int failed = send_all(sock, text, at);
-    free(text);
+    clear_and_free(text, size);
     static const char zeros[4096] = {0};
     for (int i = 0; i < n_runs && !failed; i++) {
         for (int j = 0; j < runs[i].n_outputs && !failed; j++) {
@@ -666,10 +687,11 @@ static PyObject *py_serve(PyObject *self, PyObject *args) {
         }
         free_request(&request);
         if (!failed)
-            failed = send_reply(sock, &slot, runs, (int)done) < 0;
+            failed = send_reply(sock, &slot, runs, (int)done, (int)n_runs) < 0;
         for (uint32_t i = 0; i < done; i++)
             close_all(runs[i].outputs, 3);
-        free(runs);
+        clear_and_free(runs, sizeof(struct run) * n_runs);
+        clear_stack();
         if (failed)
             return NULL;
     }

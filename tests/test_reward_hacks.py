@@ -493,6 +493,39 @@ def test_the_page_cache_carries_nothing_to_the_next_program():
 
 
 
+
+# What the worker wrote about the program before: the report of how it ended (its exit code, the sizes of its
+# output, its time and memory, each the program's to choose) in the worker's freed heap or dead stack, which the
+# next program, forked from the worker, reads in its own memory (write() to a pipe from any address: no crash)
+WORKER_MEMORY = """
+import ctypes, os, re
+libc = ctypes.CDLL(None)
+libc.sbrk.restype = ctypes.c_void_p
+
+def pages_down(top):
+    r, w = os.pipe()
+    data, address = [], top & ~4095
+    while len(data) < 16384 and libc.write(w, ctypes.c_void_p(address), 4096) == 4096:
+        data.append(os.read(r, 4096))
+        address -= 4096
+    os.close(r)
+    os.close(w)
+    return b"".join(reversed(data))
+
+def read():
+    memory = pages_down(libc.sbrk(0) - 1) + pages_down(ctypes.c_void_p.in_dll(libc, "__libc_stack_end").value)
+    return sorted({int(code) for code in re.findall(rb"exited with code ([0-9]+)", memory)})
+"""
+
+
+def test_the_worker_keeps_nothing_of_a_program_for_the_next():
+    with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
+        results = [box.run([program], UnitTests([ValueTest("f()", [])], names=("f",)))[0]      # in this order
+                   for program in ("import os\nos._exit(77)", WORKER_MEMORY + "f = read") * 2]
+    assert results[0].error_type == "ProgramExited"       # (its report said "exited with code 77")
+    assert [r.outcome for r in results[1::2]] == ["passed", "passed"], [r.tests[0].message for r in results[1::2]]
+
+
 @pytest.mark.parametrize("fmt, problems, task_id, entry_point, cheats", [
     # right to one decimal (so the exact first assert passes), the abs() asserts faked
     ("humaneval", "HumanEval.jsonl.gz", "HumanEval/2", "truncate_number",
