@@ -36,8 +36,8 @@ if torch.version.cuda is not None and CUDA_HOME is not None:
 else:
     extension = CppExtension("bcoder._C", cpu_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
 
-# The sandbox worker's side of each program run (plain C and the CPython API: it loads in the worker,
-# which imports nothing it does not need).
+# The sandbox worker's loop (plain C and the CPython API: it loads in the worker, which imports nothing it
+# does not need).
 sandbox_extension = Extension("bcoder.sandbox._process", ["csrc/sandbox_process.c"], extra_compile_args=["-O2"])
 
 setup(

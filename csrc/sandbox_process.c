@@ -5,7 +5,7 @@
  * Why C: every program's process is a fork of the worker, and each fork write-protects every page the
  * worker has written, so each page the worker writes before the next fork costs it a page fault. Python
  * writes to every object it touches (reference counts): the same loop in Python cost the worker some 200
- * faults and 0.75 ms of CPU per program, this one 14-17 faults and 0.3-0.35 ms (bench/RESULTS.md). It touches
+ * faults and 0.65-0.8 ms of CPU per program, this one 14-17 faults and 0.3-0.38 ms (bench/RESULTS.md). It touches
  * its own stack and a few buffers; the worker runs Python again only in a program's process (or to remove
  * an unisolated program's work directory). Plain C and the CPython API, no other library. */
 #define PY_SSIZE_T_CLEAN
@@ -180,7 +180,7 @@ static PyObject *py_signal_name(PyObject *self, PyObject *args) {
 /* ---------------------------------------------------------------- the pool's request */
 struct request {
     double timeout, wall;             /* CPU seconds the run's processes share; its wall-clock limit */
-    int apps, stdio;
+    int apps, stdio;                  /* stdio: a standard-input run, one with inputs */
     uint32_t n_inputs;
     uint64_t source_length;
     uint64_t *inputs;                 /* each input's length, in the inputs memfd one after the other */
@@ -222,7 +222,7 @@ static uint64_t little_endian(const unsigned char *bytes, int size) {
 /* The next request: 1, 0 once the pool has closed the socket, -1 with a Python error set. Framing as
  * messages.send's: a 4-byte big-endian length, the fds with it, then the body (worker.py's docstring). */
 NOT_INLINED static int receive_request(int sock, struct request *request) {
-    unsigned char header[4], fixed[34];   /* the body's fixed part: struct "<ddBBIQI" */
+    unsigned char header[4], fixed[33];   /* the body's fixed part: struct "<ddBIQI" (worker.REQUEST) */
     uint32_t size;
     union {
         struct cmsghdr align;
@@ -269,12 +269,11 @@ NOT_INLINED static int receive_request(int sock, struct request *request) {
     memcpy(&request->timeout, fixed, 8);
     memcpy(&request->wall, fixed + 8, 8);
     request->apps = fixed[16];
-    request->stdio = fixed[17];
-    request->n_inputs = (uint32_t)little_endian(fixed + 18, 4);
-    request->source_length = little_endian(fixed + 22, 8);
-    request->names_length = (uint32_t)little_endian(fixed + 30, 4);
-    if (size != sizeof fixed + 8ULL * request->n_inputs + request->names_length ||
-        n_fds != (request->stdio ? 2 : 3) || (request->stdio && request->n_inputs == 0))
+    request->n_inputs = (uint32_t)little_endian(fixed + 17, 4);
+    request->source_length = little_endian(fixed + 21, 8);
+    request->names_length = (uint32_t)little_endian(fixed + 29, 4);
+    request->stdio = request->n_inputs > 0;
+    if (size != sizeof fixed + 8ULL * request->n_inputs + request->names_length || n_fds != (request->stdio ? 2 : 3))
         goto truncated;
     request->inputs = (uint64_t *)calloc(request->n_inputs + 1, sizeof(uint64_t));
     request->names = (char *)malloc(request->names_length + 1);

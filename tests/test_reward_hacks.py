@@ -54,7 +54,6 @@ CALL_SUITES = [name for name in SUITES if name != "stdio"]
 CONSTANT_SUITES = ["check_constants", "mbpp", "apps_call"]
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def tests_on_disk():
     """What a data set on disk holds, the tests with their answers, in the checkout: where a program
@@ -489,9 +488,6 @@ def test_the_page_cache_carries_nothing_to_the_next_program():
         results = [box.run([program], UnitTests([ValueTest("secret()", 0)], names=("secret",)))[0]   # in this order
                    for program in (PAGE_CACHE + "write(0xBEEF)\ndef secret(): return 0", PAGE_CACHE + "secret = read")]
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].tests[0].message
-
-
-
 
 
 # What the worker wrote about the program before: the report of how it ended (its exit code, the sizes of its

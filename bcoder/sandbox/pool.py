@@ -144,7 +144,8 @@ class _Slot:
             self.waiting = {"worker"}
             fds = [source, messages.sealed(b"".join(inputs))]
             try:
-                return self.worker.send(worker_request(timeout, suite.apps, len(data), [len(i) for i in inputs]), fds)
+                return self.worker.send(worker_request(timeout, suite.apps, len(data), inputs=[len(i) for i in inputs]),
+                                        fds)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -373,11 +374,11 @@ def _parse(code):
         return ast.Module(body=[], type_ignores=[])
 
 
-def worker_request(timeout, apps, source_length, inputs=None, names=()):
-    """A request to a worker (worker.py): a call run, or a standard-input run with `inputs` (lengths)."""
+def worker_request(timeout, apps, source_length, inputs=(), names=()):
+    """A request to a worker (worker.py): a call run, or a standard-input run with `inputs` (their lengths)."""
     encoded = "\0".join(names).encode()            # identifiers (UnitTests): none holds a NUL
-    return REQUEST.pack(timeout, WALL_FACTOR * timeout, apps, inputs is not None, len(inputs or ()), source_length,
-                        len(encoded)) + struct.pack(f"<{len(inputs or ())}Q", *(inputs or ())) + encoded
+    return REQUEST.pack(timeout, WALL_FACTOR * timeout, apps, len(inputs), source_length, len(encoded)) + \
+        struct.pack(f"<{len(inputs)}Q", *inputs) + encoded
 
 
 def judge_request(suite):

@@ -13,12 +13,13 @@ holds the tests, and the worker only passes the program its two ends of the judg
 Protocol on the socket, each message a 4-byte big-endian length and its body:
 
   hello    worker -> pool   {"isolated": bool, "pids_scrambled": bool, "tmp": path} (UTF-8 JSON)
-  request  pool -> worker   struct "<ddBBIQI" (REQUEST): timeout (CPU s), wall (s), apps, stdio, the
-                            number of inputs, the source's length in bytes, the length of the names;
-                            then each input's length ("<Q"), then the names the tests take from the
-                            program (UTF-8, NUL between two), with the fds [source] + ([inputs] for a standard-input
-                            run, the inputs one after the other; else the program's ends [status, calls]
-                            of the judge's channel); the pool seals them: nobody writes to them
+  request  pool -> worker   struct "<ddBIQI" (REQUEST): timeout (CPU s), wall (s), apps, the number of
+                            inputs (0: a call run), the source's length in bytes, the length of the
+                            names; then each input's length ("<Q"), then the names the tests take from
+                            the program (UTF-8, NUL between two), with the fds [source] + ([inputs] for
+                            a standard-input run, the inputs one after the other; else the program's
+                            ends [status, calls] of the judge's channel); the pool seals them: nobody
+                            writes to them
   reply    worker -> pool   {"runs": [report, ...]} (UTF-8 JSON), then each run's stdout, stderr (and,
                             for a standard-input run, status lines) as raw bytes of the sizes in its
                             report: sent from the memfds by sendfile, never read here
@@ -70,7 +71,7 @@ except ImportError as error:
     raise ImportError("the sandbox's native extension bcoder.sandbox._process is not built; install with "
                       "`pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`)") from error
 
-REQUEST = struct.Struct("<ddBBIQI")   # the fixed part of a request (above)
+REQUEST = struct.Struct("<ddBIQI")   # the fixed part of a request (above)
 
 # Imported once here so that programs do not pay for them after each fork: the small modules
 # programs use most (HumanEval prompts import typing). Each megabyte here costs every fork.
@@ -80,7 +81,7 @@ for _name in PRELOADED:
     __import__(_name)
 
 def arrange_fds(high):
-    """In the child: makes fd i refer to high[i] (copies _process.run made above any fd this writes)
+    """In the child: makes fd i refer to high[i] (copies _process.serve made above any fd this writes)
     and closes every other fd."""
     for i in range(len(high)):
         os.dup2(high[i], i)
