@@ -482,8 +482,12 @@ def test_the_page_cache_carries_nothing_to_the_next_program():
     def plain(code):
         return subprocess.run([sys.executable, "-c", PAGE_CACHE + code], capture_output=True, text=True,
                               check=True, timeout=60).stdout
-    plain("write(0xBEEF)")
-    assert plain("print(read())") == f"{0xBEEF}\n"          # the channel, between plain processes
+    def carried(secret):
+        plain(f"write({secret})")
+        return plain("print(read())") == f"{secret}\n"
+    # The channel, between plain processes. The page cache is the whole machine's, so any process that reads
+    # one of the files between the two (CI once saw one bit flip) adds noise: one clean pass of three shows it
+    assert any(carried(secret) for secret in (0xBEEF, 0x4110, 0xBEEF))
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
         results = [box.run([program], UnitTests([ValueTest("secret()", 0)], names=("secret",)))[0]   # in this order
                    for program in (PAGE_CACHE + "write(0xBEEF)\ndef secret(): return 0", PAGE_CACHE + "secret = read")]
