@@ -108,10 +108,10 @@ static void kill_leftovers(int isolated, pid_t pid) {
 }
 
 static PyObject *py_kill_leftovers(PyObject *self, PyObject *args) {
-    int isolated, pid = 0;
-    if (!PyArg_ParseTuple(args, "p|i", &isolated, &pid))
+    int isolated;
+    if (!PyArg_ParseTuple(args, "p", &isolated))
         return NULL;
-    kill_leftovers(isolated, pid);
+    kill_leftovers(isolated, 0);
     Py_RETURN_NONE;
 }
 
@@ -123,6 +123,16 @@ static int scramble_pids(int counter, long pid_max) {
     char text[32];
     int length = snprintf(text, sizeof text, "%ld", 1 + (long)(random % (unsigned long)(pid_max - 2)));
     return pwrite(counter, text, length, 0) == length ? 0 : -1;
+}
+
+static PyObject *py_scramble_pids(PyObject *self, PyObject *args) {
+    int counter;
+    long pid_max;
+    if (!PyArg_ParseTuple(args, "il", &counter, &pid_max))
+        return NULL;
+    if (scramble_pids(counter, pid_max) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
 }
 
 static void close_all(const int *fds, int n) {
@@ -359,8 +369,9 @@ static int input_memfd(int inputs, uint64_t offset, uint64_t length) {
     return fd;
 }
 
-/* Forks the process of one run and watches it to its end. Returns 0 in this process (`run` filled in),
- * 1 in the child (`child` set to what worker.py's program process takes), -1 with a Python error set.
+/* Forks the process of one run and watches it to its end. Returns 0 in this process (`run` filled in), -1
+ * with a Python error set; 1 in the child, with `child` set to what worker.py's program process takes (a
+ * child that cannot build it exits with 1, as that process does on any error, never back in the loop).
  * `stdin`: the input's memfd (a standard-input run), which this closes, or -1 (/dev/null). */
 NOT_INLINED static int run_program(const struct slot *slot, const struct request *request, int stdin_fd, double deadline,
                        double cpu_end, struct run *run, PyObject **child) {
@@ -419,15 +430,13 @@ NOT_INLINED static int run_program(const struct slot *slot, const struct request
         PyObject *copies = PyTuple_New(n);
         for (int i = 0; copies && i < n; i++)
             PyTuple_SET_ITEM(copies, i, PyLong_FromLong(high[i]));
-        if (copies == NULL)
-            return -1;
-        PyObject *names = program_names(request);
+        PyObject *names = copies ? program_names(request) : NULL;
         *child = names ? Py_BuildValue("(lNiKiiNz)", run->cpu, copies, request->fds[0],
                                        (unsigned long long)request->source_length, request->apps, request->stdio,
                                        names, workdir[0] ? workdir : NULL) : NULL;
-        if (names == NULL)
-            Py_DECREF(copies);
-        return *child ? 1 : -1;
+        if (*child == NULL)
+            _exit(1);
+        return 1;
     }
     fork_errno = errno;
     PyOS_AfterFork_Parent();
@@ -669,9 +678,9 @@ static PyObject *py_serve(PyObject *self, PyObject *args) {
             }
             offset += request.stdio ? request.inputs[done] : 0;
             int ran = run_program(&slot, &request, stdin_fd, deadline, cpu_end, &runs[done], &child);
-            if (ran == 1) {           /* the program's process: its memory is its own copy */
-                free(runs);
-                free(request.inputs);
+            if (ran == 1) {           /* the program's process: its memory is its own copy, where the */
+                free(runs);           /* lengths of the run's other inputs are the tests' */
+                clear_and_free(request.inputs, sizeof(uint64_t) * (request.n_inputs + 1));
                 free(request.names);
                 return child;
             }
@@ -699,7 +708,10 @@ static PyObject *py_serve(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"serve", py_serve, METH_VARARGS, serve_doc},
     {"kill_leftovers", py_kill_leftovers, METH_VARARGS,
-     "kill_leftovers(isolated, pid=0): kills and reaps every process the programs started (see the source)."},
+     "kill_leftovers(isolated): kills and reaps every process the programs started (see the source)."},
+    {"scramble_pids", py_scramble_pids, METH_VARARGS,
+     "scramble_pids(counter, pid_max): sets the PID namespace's next pid (`counter`: an fd of ns_last_pid) at\n"
+     "random over 2 .. pid_max - 1, as serve does before each fork."},
     {"signal_name", py_signal_name, METH_VARARGS, "signal_name(number): as signal.Signals names it, or \"signal N\"."},
     {NULL, NULL, 0, NULL},
 };

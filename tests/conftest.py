@@ -21,6 +21,15 @@ if str(BENCH) not in sys.path:
 
 from common import LossInputs  # noqa: E402  (bench/common.py)
 
+from bcoder.sandbox import UnitTests  # noqa: E402
+
+
+def run_in_order(box, programs, tests):
+    """Each program in a call of its own to `box` (a Sandbox), so in this order: a call runs its programs
+    in a random one. `tests`: one UnitTests for all, or one per program."""
+    suites = [tests] * len(programs) if isinstance(tests, UnitTests) else tests
+    return [box.run([program], suite)[0] for program, suite in zip(programs, suites, strict=True)]
+
 
 def loss_kwargs(inputs):
     """bellman_loss's keyword arguments from its tensor arguments in order (a LossInputs, list or tuple)."""

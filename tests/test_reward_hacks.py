@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import run_in_order
 
 from bcoder.data.loading import load_problems_file
 from bcoder.data.problems import default_data_dir
@@ -365,9 +366,7 @@ def test_nothing_persists_from_one_program_to_the_next():
             "    return len(found) + (ctypes.CDLL(None).shmget(4242, 0, 0) >= 0) + "
             "(ctypes.CDLL(None).syscall(249, b'user', b'learned', None, 0) > 0)\n")       # request_key
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
-        # one call each, in this order (a call runs its programs in a random one)
-        results = [box.run([program], UnitTests([ValueTest("square(1)", 0)], names=("square",)))[0]
-                   for program in (leave, find)]
+        results = run_in_order(box, [leave, find], UnitTests([ValueTest("square(1)", 0)], names=("square",)))
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].message
 
 
@@ -442,8 +441,8 @@ def test_sockets_in_flight_carry_nothing_to_the_next_program():
     assert f"{0xBEEF}\n" in read, read
     source = f"TAG = {os.urandom(6).hex().encode()!r}\n" + IN_FLIGHT
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
-        results = [box.run([program], UnitTests([ValueTest("secret()", 0)], names=("secret",)))[0]   # in this order
-                   for program in [source + "write(0xBEEF)\ndef secret(): return 0", source + "secret = read"] * 3]
+        results = run_in_order(box, [source + "write(0xBEEF)\ndef secret(): return 0", source + "secret = read"] * 3,
+                               UnitTests([ValueTest("secret()", 0)], names=("secret",)))
     assert [r.outcome for r in results] == ["passed"] * 6, [r.tests[0].message for r in results]
 
 
@@ -473,7 +472,7 @@ def test_pids_carry_nothing_to_the_next_program():
                                                              PID_READ + "def f(): return learned")]
     suites = [UnitTests([ValueTest("f()", secret)], names=("f",)) for secret in secrets for _ in range(2)]
     with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
-        results = [box.run([program], suite)[0] for program, suite in zip(programs, suites)]    # in this order
+        results = run_in_order(box, programs, suites)
     learned = [r.outcome == "passed" for r in results[1::2]]
     assert learned != [True, True], [r.tests[0].message for r in results]    # (by chance: one in 4096 each)
 
@@ -489,8 +488,8 @@ def test_the_page_cache_carries_nothing_to_the_next_program():
     # one of the files between the two (CI once saw one bit flip) adds noise: one clean pass of three shows it
     assert any(carried(secret) for secret in (0xBEEF, 0x4110, 0xBEEF))
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
-        results = [box.run([program], UnitTests([ValueTest("secret()", 0)], names=("secret",)))[0]   # in this order
-                   for program in (PAGE_CACHE + "write(0xBEEF)\ndef secret(): return 0", PAGE_CACHE + "secret = read")]
+        results = run_in_order(box, [PAGE_CACHE + "write(0xBEEF)\ndef secret(): return 0", PAGE_CACHE + "secret = read"],
+                               UnitTests([ValueTest("secret()", 0)], names=("secret",)))
     assert [r.outcome for r in results] == ["passed", "passed"], results[1].tests[0].message
 
 
@@ -520,8 +519,8 @@ def read():
 
 def test_the_worker_keeps_nothing_of_a_program_for_the_next():
     with Sandbox(SandboxConfig(timeout=5), workers=1) as box:
-        results = [box.run([program], UnitTests([ValueTest("f()", [])], names=("f",)))[0]      # in this order
-                   for program in ("import os\nos._exit(77)", WORKER_MEMORY + "f = read") * 2]
+        results = run_in_order(box, ["import os\nos._exit(77)", WORKER_MEMORY + "f = read"] * 2,
+                               UnitTests([ValueTest("f()", [])], names=("f",)))
     assert results[0].error_type == "ProgramExited"       # (its report said "exited with code 77")
     assert [r.outcome for r in results[1::2]] == ["passed", "passed"], [r.tests[0].message for r in results[1::2]]
 

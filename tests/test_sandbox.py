@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_in_order
 
 from bcoder.sandbox import (
     AssertTest,
@@ -235,8 +236,7 @@ def test_without_isolation_programs_still_run_and_leftovers_die(tmp_path):
     killer = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef f(x): return 2 * x"
     with Sandbox(SandboxConfig(timeout=2, isolate=False), workers=1) as box:
         assert not box.isolated
-        # one call each, in this order (a call runs its programs in a random one)
-        results = [box.run([program], DOUBLE)[0] for program in (daemon, killer, "def f(x): return 2 * x")]
+        results = run_in_order(box, [daemon, killer, "def f(x): return 2 * x"], DOUBLE)
     assert [r.outcome for r in results] == ["passed", "runtime_error", "passed"]
     assert results[1].error_type == "HarnessError"        # it killed its worker; the pool went on
     daemon_pid = int(pid_file.read_text())

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_in_order
 
 from bcoder.sandbox import AssertTest, Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
 
@@ -31,8 +32,7 @@ def box():
     (LONG_LOOP, "def f():\n    return 3", UnitTests([AssertTest(SWALLOWING), ValueTest("1", 1)])),
 ], ids=["hash_collisions_in_c", "timer_swallowed_by_test_code"])
 def test_a_stalled_judge_is_replaced_and_the_program_times_out(box, stalling, honest, tests):
-    # one slot, which judges both, one call each (a call runs its programs in a random order)
-    stalled, after = [box.run([program], tests)[0] for program in (stalling, honest)]
+    stalled, after = run_in_order(box, [stalling, honest], tests)      # one slot: the same slot judges both
     assert (stalled.outcome, stalled.error_type) == ("runtime_error", "Timeout")
     assert {t.status for t in stalled.tests} == {"timeout"}
     assert after.outcome == "passed"
@@ -40,7 +40,7 @@ def test_a_stalled_judge_is_replaced_and_the_program_times_out(box, stalling, ho
 
 def test_the_judges_timer_stops_its_own_long_test_code(box):
     tests = UnitTests([ValueTest("f() > 0", True), AssertTest("for _ in range(f()): pass"), ValueTest("f()", 10 ** 12)])
-    timed_out, after = [box.run([LONG_LOOP], suite)[0] for suite in (tests, UnitTests([ValueTest("f()", 10 ** 12)]))]
+    timed_out, after = run_in_order(box, [LONG_LOOP] * 2, [tests, UnitTests([ValueTest("f()", 10 ** 12)])])
     assert timed_out.outcome == "runtime_error"
     assert [t.status for t in timed_out.tests] == ["passed", "timeout", "not_run"]
     assert after.outcome == "passed"

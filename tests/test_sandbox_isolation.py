@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import run_in_order
 
 from bcoder.sandbox import Sandbox, SandboxConfig, StdioTest, UnitTests, ValueTest
 from bcoder.sandbox.isolation import BLOCKED_SYSCALLS, ROOT_PREFIX, in_scratch, interpreter_paths, remove_tree
@@ -53,11 +54,11 @@ def test_a_program_finds_nothing_of_earlier_programs_in_its_memory():
     secrets = [str(random.randrange(10 ** 7, 10 ** 8)) for _ in range(3)]
     one = UnitTests([ValueTest("f()", 1)])
     with Sandbox(SandboxConfig(timeout=20), workers=1) as box:
-        # one call each, in this order (a call runs its programs in a random one)
-        results = [box.run([program], tests)[0] for program, tests in zip(
-            [f"x = 'SIBLING-SECRET-{secrets[0]}'\ndef f(): return 1", "print(input())",
-             f"print('SIBLING-SECRET-' + '{secrets[2]}')\ndef f(): return 1", SCAN + "def f(): return scan()"],
-            [one, UnitTests([StdioTest(f"SIBLING-SECRET-{secrets[1]}\n", "-")]), one, UnitTests([ValueTest("f()", [])])])]
+        results = run_in_order(box, [f"x = 'SIBLING-SECRET-{secrets[0]}'\ndef f(): return 1", "print(input())",
+                                     f"print('SIBLING-SECRET-' + '{secrets[2]}')\ndef f(): return 1",
+                                     SCAN + "def f(): return scan()"],
+                               [one, UnitTests([StdioTest(f"SIBLING-SECRET-{secrets[1]}\n", "-")]), one,
+                                UnitTests([ValueTest("f()", [])])])
     assert [r.outcome for r in results] == ["passed", "failed", "passed", "passed"], results[3].tests[0].message
 
 
@@ -339,8 +340,7 @@ def f():
             "[os.path.islink('/var/tmp')] + os.listdir('/var/tmp') + os.listdir('.')\n")
     with Sandbox(SandboxConfig(timeout=10), workers=1) as box:
         worker = box.slots[0].worker.process.pid
-        results = [box.run([leave], UnitTests([ValueTest("f()", [])]))[0],        # one call each: in this order
-                   box.run([find], UnitTests([ValueTest("f()", [True])]))[0]]
+        results = run_in_order(box, [leave, find], [UnitTests([ValueTest("f()", [])]), UnitTests([ValueTest("f()", [True])])])
         assert box.slots[0].worker.process.pid == worker           # not replaced: nothing of it was killed
     assert [r.outcome for r in results] == ["passed", "passed"], [r.tests[0].message for r in results]
 
@@ -429,8 +429,8 @@ def test_each_program_gets_a_fresh_file_system():
     interpreter = in_scratch(interpreter_paths(site.getsitepackages()))
     empty = sorted({p.split("/")[2] for p in interpreter if p.startswith("/tmp/")})
     with Sandbox(SandboxConfig(timeout=30, max_file_size=1 << 30), workers=1) as box:
-        results = [box.run([LEAVE_BEHIND], UnitTests([ValueTest("f()", 1)]))[0]]    # one call each: in this order
-        results += [box.run([FIND], UnitTests([ValueTest("f()", empty)]))[0] for _ in range(2)]
+        results = run_in_order(box, [LEAVE_BEHIND, FIND, FIND], [UnitTests([ValueTest("f()", 1)])]
+                               + [UnitTests([ValueTest("f()", empty)])] * 2)
     assert [r.outcome for r in results] == ["passed"] * 3, [(r.error_type, r.message) for r in results]
 
 

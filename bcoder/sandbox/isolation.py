@@ -306,21 +306,17 @@ def drop_capabilities(keep=()):
 
 
 class PidCounter:
-    """The PID namespace's counter, set to a random value before each program's process is forked:
-    otherwise the pid a program gets tells how many processes and threads the programs before it
-    started, which they choose (12 bits a program, measured, through HumanEval's `check`). Needs
-    CAP_CHECKPOINT_RESTORE (or root) over the namespace when it writes (PermissionError: a kernel before
-    Linux 5.9, without root); the file is opened here, before the root without /proc (OSError: /proc/sys
-    read-only, as in a container)."""
+    """The PID namespace's counter, which the worker's loop sets at random before each program's process
+    is forked (_process.scramble_pids): otherwise the pid a program gets tells how many processes and
+    threads the programs before it started, which they choose (12 bits a program, measured, through
+    HumanEval's `check`). Writing needs CAP_CHECKPOINT_RESTORE (or root) over the namespace
+    (PermissionError: a kernel before Linux 5.9, without root); the file is opened here, before the root
+    without /proc (OSError: /proc/sys read-only, as in a container)."""
 
     def __init__(self):
         self.fd = os.open("/proc/sys/kernel/ns_last_pid", os.O_WRONLY)
         with open("/proc/sys/kernel/pid_max") as f:
             self.pid_max = int(f.read())
-
-    def scramble(self):
-        """The next pid in this process's namespace: uniform over 2 .. pid_max - 1."""
-        os.pwrite(self.fd, b"%d" % (1 + int.from_bytes(os.urandom(4), "little") % (self.pid_max - 2)), 0)
 
 
 def user_namespaces():

@@ -127,8 +127,7 @@ class Worker:
                 self.pids = PidCounter()
             except OSError:               # /proc/sys read-only, as in a container
                 pass
-        if self.root:                     # every program's root: it is never outside it, nor is this process
-            os.chroot(self.root)
+            os.chroot(self.root)          # every program's root: it is never outside it, nor is this process
             os.chdir("/")
         # Once, for every program's process, forked from here, to inherit (this process never runs a
         # line of a program's, and it needs no capability from here on unless it is root, to drop each
@@ -140,7 +139,7 @@ class Worker:
             lock_privileges(self.uid)
         if self.pids:
             try:
-                self.pids.scramble()
+                _process.scramble_pids(self.pids.fd, self.pids.pid_max)
             except PermissionError:       # a kernel before 5.9, without root
                 self.pids = None
         install_seccomp(seccomp)
